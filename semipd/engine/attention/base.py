@@ -1,0 +1,98 @@
+"""The attention backend interface and its registry.
+
+Paged KV cache layout (one tensor pair per layer)::
+
+    k_cache, v_cache: [num_blocks, block_size, num_kv_heads, head_dim]
+
+A token at position ``pos`` of a sequence lives in block ``block_table[pos // block_size]``
+at offset ``pos % block_size``; its *slot* is ``block * block_size + offset``.
+
+A batch is flattened ("varlen"): the new tokens of all sequences are concatenated.
+Sequence ``i`` owns query rows ``cu_seqlens_q[i] : cu_seqlens_q[i+1]``; its new tokens
+are the *last* ``q_len_i`` of its ``seq_lens[i]`` tokens, so a query at row ``j`` of
+sequence ``i`` has position ``seq_lens[i] - q_len_i + (j - cu_seqlens_q[i])`` and attends
+causally to cache positions ``0 .. that position``. This covers plain prefill (no
+prefix), chunked prefill / extend (a prefix already cached) and decode (``q_len == 1``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Describes one flattened batch; every tensor lives on the model's device."""
+
+    is_decode: bool
+    """True when every sequence has exactly one new token (decode kernels apply)."""
+    slot_mapping: torch.Tensor
+    """[num_tokens] int64: cache slot of each new token; -1 skips the write (padding)."""
+    block_tables: torch.Tensor
+    """[batch, max_blocks_per_seq] int32; unused entries are 0."""
+    seq_lens: torch.Tensor
+    """[batch] int32: tokens in the cache after this step (prefix + new)."""
+    cu_seqlens_q: torch.Tensor
+    """[batch + 1] int32: prefix sums of the new-token counts."""
+    max_seqlen_q: int
+    """Largest new-token count in the batch (1 for decode)."""
+    max_seqlen_k: int
+    """Largest `seq_lens` entry (an upper bound is fine, e.g. under CUDA graphs)."""
+
+
+class AttentionBackend(ABC):
+    """Stores the new K/V into the paged cache, then attends.
+
+    Implementations must not synchronise with the host (no ``.item()``, no
+    ``.tolist()``) in `forward` when ``meta.is_decode`` so that decode can be captured
+    in a CUDA graph.
+    """
+
+    name: str = "?"
+
+    @abstractmethod
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim].
+
+        Returns [T, num_heads, head_dim] in q's dtype. num_heads is a multiple of
+        num_kv_heads (grouped-query attention).
+        """
+
+
+_REGISTRY: dict[str, Callable[[], AttentionBackend]] = {}
+
+
+def register_backend(name: str) -> Callable[[Callable[[], AttentionBackend]], Callable[[], AttentionBackend]]:
+    """Class decorator: make a backend constructible by `name`."""
+
+    def deco(factory: Callable[[], AttentionBackend]) -> Callable[[], AttentionBackend]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def get_backend(name: str) -> AttentionBackend:
+    """Instantiate a registered backend (``"torch"``, ``"triton"``)."""
+    if name not in _REGISTRY:
+        # Backends register on import.
+        from semipd.engine.attention import torch_ref  # noqa: F401
+
+        if name == "triton":
+            from semipd.engine.attention import triton_backend  # noqa: F401
+    if name not in _REGISTRY:
+        raise ValueError(f"attention backend {name!r} is unknown; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name]()

@@ -1,0 +1,121 @@
+"""A request's scheduling state, shared by the simulator and the real engine.
+
+State machine (preemption sends a decoding request back to prefill, which recomputes
+its KV from prompt + generated tokens)::
+
+    WAITING_PREFILL -> PREFILLING -> WAITING_DECODE -> DECODING -> FINISHED
+          ^               |                                |
+          +---------- PREEMPTED <--------------------------+
+    any unfinished state -> ABORTED
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class RequestState(Enum):
+    WAITING_PREFILL = "waiting_prefill"
+    PREFILLING = "prefilling"
+    WAITING_DECODE = "waiting_decode"
+    DECODING = "decoding"
+    PREEMPTED = "preempted"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+_ALLOWED: dict[RequestState, frozenset[RequestState]] = {
+    RequestState.WAITING_PREFILL: frozenset({RequestState.PREFILLING, RequestState.ABORTED}),
+    RequestState.PREFILLING: frozenset(
+        {RequestState.PREFILLING, RequestState.WAITING_DECODE, RequestState.PREEMPTED,
+         RequestState.FINISHED, RequestState.ABORTED}
+    ),
+    RequestState.WAITING_DECODE: frozenset({RequestState.DECODING, RequestState.PREEMPTED,
+                                            RequestState.ABORTED, RequestState.FINISHED}),
+    RequestState.DECODING: frozenset({RequestState.DECODING, RequestState.PREEMPTED,
+                                      RequestState.FINISHED, RequestState.ABORTED}),
+    RequestState.PREEMPTED: frozenset({RequestState.PREFILLING, RequestState.ABORTED}),
+    RequestState.FINISHED: frozenset(),
+    RequestState.ABORTED: frozenset(),
+}
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation request.
+
+    ``prompt_token_ids`` may be None in the simulator, where only lengths matter; then
+    ``num_prompt_tokens`` must be given. ``payload`` carries executor data the scheduler
+    never looks at (the engine's sampling parameters, say).
+    """
+
+    rid: str
+    num_prompt_tokens: int
+    max_tokens: int
+    arrival_time: float
+    prompt_token_ids: Sequence[int] | None = None
+    payload: Any = None
+    state: RequestState = RequestState.WAITING_PREFILL
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed_tokens: int = 0
+    """Tokens whose K/V are in the cache."""
+    block_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    num_preemptions: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prompt_token_ids is not None and self.num_prompt_tokens != len(self.prompt_token_ids):
+            raise ValueError("num_prompt_tokens must equal len(prompt_token_ids)")
+        if self.num_prompt_tokens < 1:
+            raise ValueError(f"num_prompt_tokens must be >= 1, got {self.num_prompt_tokens}")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+    # -- derived properties -------------------------------------------------
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.output_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens."""
+        return self.num_prompt_tokens + len(self.output_token_ids)
+
+    @property
+    def num_prefill_tokens(self) -> int:
+        """Tokens prefill must put in the cache before the next token can be sampled:
+        the prompt, or after a preemption everything but the last generated token."""
+        return self.num_tokens if not self.output_token_ids else self.num_tokens - 1
+
+    @property
+    def remaining_prefill_tokens(self) -> int:
+        return max(0, self.num_prefill_tokens - self.num_computed_tokens)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in (RequestState.FINISHED, RequestState.ABORTED)
+
+    @property
+    def last_token_id(self) -> int:
+        if self.output_token_ids:
+            return self.output_token_ids[-1]
+        assert self.prompt_token_ids is not None
+        return self.prompt_token_ids[-1]
+
+    def token_ids(self, start: int, end: int) -> list[int]:
+        """Token ids at positions [start, end) of prompt + output."""
+        assert self.prompt_token_ids is not None
+        p = self.num_prompt_tokens
+        out: list[int] = list(self.prompt_token_ids[start:min(end, p)])
+        if end > p:
+            out.extend(self.output_token_ids[max(0, start - p):end - p])
+        return out
+
+    def transition(self, new: RequestState) -> None:
+        """Move to `new`; raises RuntimeError on a transition the diagram forbids."""
+        if new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"request {self.rid}: illegal transition {self.state.name} -> {new.name}")
+        self.state = new
