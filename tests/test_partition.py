@@ -1,0 +1,79 @@
+import threading
+
+import pytest
+
+from semipd.allocation import ResourceManager, SMAllocation, SMGrid
+from semipd.clock import VirtualClock
+from semipd.partition.green import PartitionManager, green_contexts_unavailable_reason
+
+GRID = SMGrid(132, 8, 8)
+
+
+def make(clock=None, reachable=None):
+    m = PartitionManager(GRID, GRID.allocation(64), reachable_prefill_sms=reachable, clock=clock)
+    m.start()
+    return m
+
+
+def test_protocol_and_status():
+    m = make()
+    assert isinstance(m, ResourceManager)
+    st = m.get_status()
+    assert st["backend"] == "none" and st["prefill_sms"] == 64 and st["decode_sms"] == 68
+    assert st["sm_grid"] == GRID.as_dict()
+    assert set(m.partitions()) == set(GRID.prefill_sm_choices())
+
+
+def test_unrealisable_and_unreachable_split_raise():
+    m = make(reachable=[32, 64, 96])
+    with pytest.raises(ValueError, match="not realisable"):
+        m.request_sm_reallocation(SMAllocation(50, 50))
+    with pytest.raises(ValueError, match="not pre-created"):
+        m.request_sm_reallocation(GRID.allocation(48))
+
+
+def test_switch_takes_effect_at_boundaries_and_latency_is_measured():
+    clock = VirtualClock()
+    m = make(clock)
+    assert m.partition("prefill").prefill_sms == 64
+    assert m.request_sm_reallocation(GRID.allocation(96))
+    clock.advance(0.001)
+    assert m.partition("prefill").prefill_sms == 96
+    assert m.get_status()["switch_pending_for"] == ["decode"]
+    clock.advance(0.002)
+    assert m.partition("decode").decode_sms == 36
+    st = m.get_status()
+    assert st["switch_pending_for"] == [] and st["num_reallocations"] == 1
+    assert st["switch_latency_ms"]["max"] == pytest.approx(3.0)
+
+
+def test_concurrent_workers_see_consistent_partitions():
+    m = make()
+    seen = {"prefill": set(), "decode": set()}
+    stop = threading.Event()
+
+    def worker(phase):
+        while not stop.is_set():
+            seen[phase].add(m.partition(phase).sms(phase))
+
+    threads = [threading.Thread(target=worker, args=(ph,)) for ph in seen]
+    for t in threads:
+        t.start()
+    for p in [32, 96, 64, 120]:
+        m.request_sm_reallocation(GRID.allocation(p))
+    stop.set()
+    for t in threads:
+        t.join()
+    assert seen["prefill"] <= {32, 64, 96, 120}
+    assert m.partition("prefill").prefill_sms == 120
+
+
+def test_unavailable_reason_on_cpu():
+    reason = green_contexts_unavailable_reason()
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        assert reason is not None
