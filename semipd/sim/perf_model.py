@@ -1,0 +1,355 @@
+"""How long GPU work takes: the simulator's performance models.
+
+A `PerfModel` answers how long one prefill iteration, one decode step, or one mixed
+(unified) batch takes on a number of SMs, how much the two phases slow each other down
+when they run side by side, and how many KV tokens fit in memory.
+
+`AnalyticalPerfModel` is a roofline: each iteration moves some bytes (weights, KV reads and
+writes) and does some FLOPs (linear layers, attention, logits); its time is a smooth maximum
+of bytes / bandwidth(SMs) and FLOPs / compute rate(SMs), plus a fixed per-iteration overhead.
+
+- bandwidth(s) = (BW_max^-p + (s * bw_per_sm)^-p)^(-1/p): linear in SMs for few SMs,
+  saturating near BW_max (decode reaches near-full bandwidth with ~48-64 SMs);
+- compute rate(s) = flops_per_sm * s / (1 + s / sm_rate_knee): close to linear in SMs,
+  with the mild per-SM efficiency loss measured on full-GPU GEMMs;
+- time = ((bytes / bandwidth)^q + (flops / rate)^q)^(1/q).
+
+The constants of the built-in `llama-3.1-8b-h100` model were fitted (least squares in log
+time) to the measured times of Llama-3.1-8B's 32 linear layers on an H100 SXM over 8 SM
+counts and 8 token counts (DESIGN.md "Measured facts"); the calibration points (2048-token
+prefill on 132/96/64/32 SMs, batch-64 decode on 132/64/48/32/16 SMs) are within 8%.
+The interference tables are the measured slowdowns of a 2048-token prefill and a batch-64
+decode step running together on disjoint green contexts.
+
+Measured profiles (`load_profile`) replace the roofline by interpolated tables; their
+format is described in `semipd.sim.profiles`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+Chunks = Sequence[tuple[int, int]]
+
+
+class PerfModel(ABC):
+    """Execution times of one GPU + model. Times are seconds, running alone unless stated."""
+
+    name: str
+    total_sms: int
+
+    @abstractmethod
+    def prefill_time(self, chunks: Chunks, sms: int) -> float:
+        """One prefill iteration: `chunks` are (new_tokens, context_len_after) per sequence."""
+
+    @abstractmethod
+    def decode_time(self, batch_size: int, total_kv_tokens: int, sms: int) -> float:
+        """One decode step of `batch_size` sequences holding `total_kv_tokens` KV tokens in all."""
+
+    @abstractmethod
+    def mixed_time(self, chunks: Chunks, batch_size: int, total_kv_tokens: int) -> float:
+        """One mixed batch (prefill chunks + decode sequences) on the whole GPU (unified baseline)."""
+
+    @abstractmethod
+    def interference(self, prefill_sms: int, decode_sms: int) -> tuple[float, float]:
+        """(prefill slowdown, decode slowdown), both >= 1, when the phases run at the same time."""
+
+    @abstractmethod
+    def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
+        """Tokens of KV cache that fit in the memory left after weights and activations."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer's shape (bf16 unless `dtype_bytes` says otherwise)."""
+
+    num_layers: int
+    hidden_size: int
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    dtype_bytes: int = 2
+    tied_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        for field in ("num_layers", "hidden_size", "num_q_heads", "num_kv_heads", "head_dim",
+                      "intermediate_size", "vocab_size", "dtype_bytes"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+
+    @property
+    def linear_params(self) -> int:
+        """Parameters of the per-layer linear projections (q, k, v, o, gate, up, down), all layers."""
+        h, d = self.hidden_size, self.head_dim
+        attn = h * self.num_q_heads * d * 2 + h * self.num_kv_heads * d * 2
+        mlp = 3 * h * self.intermediate_size
+        return self.num_layers * (attn + mlp)
+
+    @property
+    def lm_head_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def weight_bytes(self) -> int:
+        """All weights: linear layers, embeddings and lm_head (norms are negligible)."""
+        tables = 1 if self.tied_embeddings else 2
+        return (self.linear_params + tables * self.lm_head_params) * self.dtype_bytes
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.dtype_bytes
+
+    @property
+    def attention_flops_per_pair(self) -> int:
+        """FLOPs of QK^T and PV for one (query token, key token) pair over all layers and heads."""
+        return 4 * self.num_layers * self.num_q_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """A GPU's roofline constants (see the module docstring for the formulas)."""
+
+    name: str
+    total_sms: int
+    memory_bytes: int
+    max_bandwidth: float  # bytes/s, saturated
+    bandwidth_per_sm: float  # bytes/s per SM before saturation
+    bandwidth_sharpness: float  # p
+    flops_per_sm: float  # FLOP/s per SM at few SMs
+    sm_rate_knee: float  # SMs
+    overlap_sharpness: float  # q
+    attention_efficiency: float  # attention kernels' share of the GEMM rate
+    decode_overhead_s: float  # per decode step: launches, sampling, bookkeeping
+    prefill_overhead_s: float  # per prefill iteration
+    activation_reserve_bytes: int  # memory kept for activations, workspaces and CUDA graphs
+    # Interference: slowdown of each phase against its own SM count, measured with the other running.
+    decode_interference: tuple[tuple[int, float], ...]
+    prefill_interference: tuple[tuple[int, float], ...]
+
+    def __post_init__(self) -> None:
+        if self.total_sms < 2:
+            raise ValueError(f"total_sms must be >= 2, got {self.total_sms}")
+        for field in ("memory_bytes", "max_bandwidth", "bandwidth_per_sm", "bandwidth_sharpness", "flops_per_sm",
+                      "sm_rate_knee", "overlap_sharpness", "attention_efficiency"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"{field} must be > 0, got {getattr(self, field)}")
+        for field in ("decode_overhead_s", "prefill_overhead_s", "activation_reserve_bytes"):
+            if getattr(self, field) < 0:
+                raise ValueError(f"{field} must be >= 0, got {getattr(self, field)}")
+        for field in ("decode_interference", "prefill_interference"):
+            table = getattr(self, field)
+            sms = [s for s, _ in table]
+            if not table or sms != sorted(set(sms)) or any(f < 1.0 for _, f in table):
+                raise ValueError(f"{field} must be (sms, slowdown >= 1) pairs with increasing sms")
+
+    def bandwidth(self, sms: float) -> float:
+        p = self.bandwidth_sharpness
+        return (self.max_bandwidth ** -p + (sms * self.bandwidth_per_sm) ** -p) ** (-1.0 / p)
+
+    def compute_rate(self, sms: float) -> float:
+        return self.flops_per_sm * sms / (1.0 + sms / self.sm_rate_knee)
+
+    def roofline(self, nbytes: float, flops: float, sms: int) -> float:
+        """Seconds for work that moves `nbytes` and does `flops` on `sms` SMs (no overhead)."""
+        q = self.overlap_sharpness
+        t_mem = nbytes / self.bandwidth(sms)
+        t_comp = flops / self.compute_rate(sms)
+        return (t_mem ** q + t_comp ** q) ** (1.0 / q)
+
+
+LLAMA_3_1_8B = ModelSpec(
+    num_layers=32, hidden_size=4096, num_q_heads=32, num_kv_heads=8, head_dim=128,
+    intermediate_size=14336, vocab_size=128256,
+)
+
+H100_SXM = GPUSpec(
+    name="h100",
+    total_sms=132,
+    memory_bytes=80 * 2**30,
+    max_bandwidth=2.658e12,
+    bandwidth_per_sm=96.8e9,
+    bandwidth_sharpness=2.974,
+    flops_per_sm=7.888e12,
+    sm_rate_knee=206.4,
+    overlap_sharpness=1.824,
+    attention_efficiency=0.75,
+    decode_overhead_s=0.4e-3,
+    prefill_overhead_s=0.5e-3,
+    activation_reserve_bytes=3 * 2**30,
+    # decode64 together / decode64 alone on the remainder, keyed by decode SMs (P112/D20 ... P16/D116)
+    decode_interference=((20, 1.324), (36, 1.335), (52, 1.321), (68, 1.253), (84, 1.255), (100, 1.231),
+                         (116, 1.100)),
+    # prefill2048 together / prefill2048 alone, keyed by prefill SMs
+    prefill_interference=((16, 1.033), (32, 1.064), (48, 1.086), (64, 1.109), (80, 1.072), (96, 1.063),
+                          (112, 1.094)),
+)
+
+
+class AnalyticalPerfModel(PerfModel):
+    """Roofline model of `model` on `gpu` (see the module docstring)."""
+
+    def __init__(self, name: str, model: ModelSpec, gpu: GPUSpec) -> None:
+        self.name = name
+        self.model = model
+        self.gpu = gpu
+        self.total_sms = gpu.total_sms
+
+    def __repr__(self) -> str:
+        return f"AnalyticalPerfModel({self.name!r})"
+
+    def linear_time(self, tokens: int, sms: int) -> float:
+        """The linear layers alone (no attention, logits or overhead): the calibrated part."""
+        self._check_sms(sms)
+        m = self.model
+        return self.gpu.roofline(m.linear_params * m.dtype_bytes, 2.0 * m.linear_params * tokens, sms)
+
+    def prefill_time(self, chunks: Chunks, sms: int) -> float:
+        self._check_sms(sms)
+        if not chunks:
+            return 0.0
+        nbytes, flops = self._prefill_work(chunks)
+        return self.gpu.prefill_overhead_s + self.gpu.roofline(nbytes + self._weights_read(), flops, sms)
+
+    def decode_time(self, batch_size: int, total_kv_tokens: int, sms: int) -> float:
+        self._check_sms(sms)
+        _check_decode(batch_size, total_kv_tokens)
+        if batch_size == 0:
+            return 0.0
+        nbytes, flops = self._decode_work(batch_size, total_kv_tokens)
+        return self.gpu.decode_overhead_s + self.gpu.roofline(nbytes + self._weights_read(), flops, sms)
+
+    def mixed_time(self, chunks: Chunks, batch_size: int, total_kv_tokens: int) -> float:
+        _check_decode(batch_size, total_kv_tokens)
+        if not chunks and batch_size == 0:
+            return 0.0
+        nbytes, flops = self._weights_read(), 0.0
+        overhead = 0.0
+        if chunks:
+            b, f = self._prefill_work(chunks)
+            nbytes, flops, overhead = nbytes + b, flops + f, self.gpu.prefill_overhead_s
+        if batch_size:
+            b, f = self._decode_work(batch_size, total_kv_tokens)
+            nbytes, flops, overhead = nbytes + b, flops + f, max(overhead, self.gpu.decode_overhead_s)
+        return overhead + self.gpu.roofline(nbytes, flops, self.total_sms)
+
+    def interference(self, prefill_sms: int, decode_sms: int) -> tuple[float, float]:
+        self._check_sms(prefill_sms)
+        self._check_sms(decode_sms)
+        return (_interp_table(self.gpu.prefill_interference, prefill_sms),
+                _interp_table(self.gpu.decode_interference, decode_sms))
+
+    def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
+        return _kv_capacity(self.gpu.memory_bytes, gpu_memory_utilization, self.model.weight_bytes,
+                            self.gpu.activation_reserve_bytes, self.model.kv_bytes_per_token)
+
+    # -- work of each kind of iteration: (bytes moved besides the weights, FLOPs)
+
+    def _weights_read(self) -> float:
+        """Each iteration reads the linear weights and the lm_head once (embedding rows are negligible)."""
+        m = self.model
+        return float((m.linear_params + m.lm_head_params) * m.dtype_bytes)
+
+    def _prefill_work(self, chunks: Chunks) -> tuple[float, float]:
+        m = self.model
+        new = context = pairs = 0
+        for n, c in chunks:
+            if n < 1 or c < n:
+                raise ValueError(f"chunks: need new_tokens >= 1 and context_len_after >= new_tokens, got {(n, c)}")
+            new += n
+            context += c
+            pairs += n * (c - n) + n * (n + 1) // 2  # causal: token i sees the earlier context and i new tokens
+        nbytes = context * m.kv_bytes_per_token  # KV written for new tokens, read for the earlier context
+        flops = (2.0 * m.linear_params * new + 2.0 * m.lm_head_params * len(chunks)
+                 + m.attention_flops_per_pair * pairs / self.gpu.attention_efficiency)
+        return float(nbytes), flops
+
+    def _decode_work(self, batch_size: int, total_kv_tokens: int) -> tuple[float, float]:
+        m = self.model
+        nbytes = (total_kv_tokens + batch_size) * m.kv_bytes_per_token
+        flops = ((2.0 * m.linear_params + 2.0 * m.lm_head_params) * batch_size
+                 + m.attention_flops_per_pair * total_kv_tokens / self.gpu.attention_efficiency)
+        return float(nbytes), flops
+
+    def _check_sms(self, sms: int) -> None:
+        if not 1 <= sms <= self.total_sms:
+            raise ValueError(f"sms must be in [1, {self.total_sms}], got {sms}")
+
+
+# --------------------------------------------------------------------------- registry
+
+_BUILTIN = {"llama-3.1-8b-h100": (LLAMA_3_1_8B, H100_SXM)}
+# Model names (as a --model-path would spell them, normalised) -> built-in perf model.
+_ALIASES = {
+    "llama-3.1-8b": "llama-3.1-8b-h100",
+    "llama-3.1-8b-instruct": "llama-3.1-8b-h100",
+    "meta-llama-3.1-8b": "llama-3.1-8b-h100",
+    "meta-llama-3.1-8b-instruct": "llama-3.1-8b-h100",
+}
+
+
+def known_perf_models() -> list[str]:
+    """Names `get_perf_model` accepts (besides model paths of these models and profile files)."""
+    return sorted(_BUILTIN)
+
+
+def get_perf_model(name: str) -> PerfModel:
+    """A built-in model by name (`llama-3.1-8b-h100`), by model name or path
+    (`meta-llama/Llama-3.1-8B-Instruct`, `llama-3.1-8b`), or a measured profile (`*.json`)."""
+    if name.endswith(".json"):
+        return load_profile(name)
+    key = _normalise(name)
+    key = _ALIASES.get(key, key)
+    if key not in _BUILTIN:
+        raise ValueError(
+            f"unknown perf model {name!r}; known: {', '.join(known_perf_models())} "
+            f"(also model names {', '.join(sorted(_ALIASES))}, or a profile .json from `semipd profile`)"
+        )
+    model, gpu = _BUILTIN[key]
+    return AnalyticalPerfModel(key, model, gpu)
+
+
+def load_profile(path: str | Path) -> PerfModel:
+    """A measured profile (JSON, format in `semipd.sim.profiles`) as a `PerfModel`."""
+    from semipd.sim.profiles import ProfilePerfModel
+
+    return ProfilePerfModel.from_file(path)
+
+
+def _normalise(name: str) -> str:
+    """`meta-llama/Llama-3.1-8B-Instruct`, `/models/Llama-3.1-8B/` -> `llama-3.1-8b-instruct`, `llama-3.1-8b`."""
+    return name.strip().rstrip("/").rsplit("/", 1)[-1].lower().replace("_", "-")
+
+
+# --------------------------------------------------------------------------- helpers (shared with profiles)
+
+
+def _interp_table(table: Sequence[tuple[int, float]], x: float) -> float:
+    """Piecewise-linear in `x`, flat beyond the ends, never below 1."""
+    xs = [float(s) for s, _ in table]
+    ys = [float(f) for _, f in table]
+    return max(1.0, float(np.interp(x, xs, ys)))
+
+
+def _kv_capacity(memory_bytes: float, utilization: float, weight_bytes: float, reserve_bytes: float,
+                 kv_bytes_per_token: float) -> int:
+    if not 0 < utilization <= 1 or not math.isfinite(utilization):
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")
+    free = memory_bytes * utilization - weight_bytes - reserve_bytes
+    if free <= 0:
+        raise ValueError(f"gpu_memory_utilization={utilization} leaves no memory for the KV cache")
+    return int(free // kv_bytes_per_token)
+
+
+def _check_decode(batch_size: int, total_kv_tokens: int) -> None:
+    if batch_size < 0:
+        raise ValueError(f"batch_size must be >= 0, got {batch_size}")
+    if total_kv_tokens < 0:
+        raise ValueError(f"total_kv_tokens must be >= 0, got {total_kv_tokens}")
