@@ -1,7 +1,7 @@
 """A request's scheduling state, shared by the simulator and the real engine.
 
 State machine (preemption sends a decoding request back to prefill, which recomputes
-its KV from prompt + generated tokens)::
+its KV from prompt + generated tokens and samples the next token)::
 
     WAITING_PREFILL -> PREFILLING -> WAITING_DECODE -> DECODING -> FINISHED
           ^               |                                |
@@ -50,6 +50,10 @@ class Request:
     ``prompt_token_ids`` may be None in the simulator, where only lengths matter; then
     ``num_prompt_tokens`` must be given. ``payload`` carries executor data the scheduler
     never looks at (the engine's sampling parameters, say).
+
+    Generated tokens are counted in ``num_output_tokens``; their ids are kept in
+    ``output_token_ids`` only when the executor samples real ones (the simulator passes
+    none, so a simulated hour builds no per-token lists). Add tokens with `append_token`.
     """
 
     rid: str
@@ -60,6 +64,8 @@ class Request:
     payload: Any = None
     state: RequestState = RequestState.WAITING_PREFILL
     output_token_ids: list[int] = field(default_factory=list)
+    num_output_tokens: int = 0
+    """Tokens generated so far (ids in ``output_token_ids`` when the executor has them)."""
     num_computed_tokens: int = 0
     """Tokens whose K/V are in the cache."""
     block_ids: list[int] = field(default_factory=list)
@@ -73,22 +79,20 @@ class Request:
             raise ValueError(f"num_prompt_tokens must be >= 1, got {self.num_prompt_tokens}")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.output_token_ids and self.num_output_tokens != len(self.output_token_ids):
+            raise ValueError("num_output_tokens must equal len(output_token_ids) when ids are given")
 
     # -- derived properties -------------------------------------------------
     @property
-    def num_output_tokens(self) -> int:
-        return len(self.output_token_ids)
-
-    @property
     def num_tokens(self) -> int:
         """Prompt plus generated tokens."""
-        return self.num_prompt_tokens + len(self.output_token_ids)
+        return self.num_prompt_tokens + self.num_output_tokens
 
     @property
     def num_prefill_tokens(self) -> int:
-        """Tokens prefill must put in the cache before the next token can be sampled:
-        the prompt, or after a preemption everything but the last generated token."""
-        return self.num_tokens if not self.output_token_ids else self.num_tokens - 1
+        """Tokens prefill must put in the cache before it samples the next token: the
+        prompt, or after a preemption the prompt plus every generated token (recompute)."""
+        return self.num_tokens
 
     @property
     def remaining_prefill_tokens(self) -> int:
@@ -97,6 +101,17 @@ class Request:
     @property
     def is_finished(self) -> bool:
         return self.state in (RequestState.FINISHED, RequestState.ABORTED)
+
+    @property
+    def remaining_tokens(self) -> int:
+        """Tokens still to generate before `max_tokens`."""
+        return self.max_tokens - self.num_output_tokens
+
+    def append_token(self, token_id: int | None) -> None:
+        """Count one generated token; keep its id unless it is None (simulator)."""
+        self.num_output_tokens += 1
+        if token_id is not None:
+            self.output_token_ids.append(token_id)
 
     @property
     def last_token_id(self) -> int:

@@ -1,0 +1,124 @@
+"""`DecodeScheduler`: the Semi-PD decode worker's scheduler.
+
+Continuous batching: hand-offs wait in an inbox and join the running batch at the next
+step boundary (up to ``max_decode_batch``). Each step grows every running request by
+one KV slot; when the pool is exhausted the newest request (inbox back first, then the
+running batch's back) is preempted back to the prefill queue (recompute) instead of
+failing. Finished requests free their blocks in `update`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from semipd.sched import ops
+from semipd.sched.base import StopChecker
+from semipd.sched.batch import Batch
+from semipd.sched.block_allocator import BlockAllocator
+from semipd.sched.config import DecodeSchedulerConfig
+from semipd.sched.request import Request, RequestState
+
+
+class DecodeScheduler:
+    """Builds decode steps over the running batch.
+
+    `on_preempt(request)` receives each preempted request (PREEMPTED, no blocks); in
+    Semi-PD it is ``prefill_scheduler.add_preempted``. Thread-safe: `add_request` (the
+    hand-off, from the prefill side) may run concurrently with `schedule`/`update`."""
+
+    def __init__(self, config: DecodeSchedulerConfig, allocator: BlockAllocator,
+                 on_preempt: Callable[[Request], None], stop_checker: StopChecker | None = None) -> None:
+        self.config = config
+        self.allocator = allocator
+        self.on_preempt = on_preempt
+        self.stop_checker = stop_checker
+        self._inbox: deque[Request] = deque()
+        self._running: list[Request] = []
+        self._running_tokens = 0
+        self._lock = threading.Lock()
+
+    def add_request(self, request: Request) -> None:
+        """Hand-off: a prefilled request (WAITING_DECODE, blocks attached) joins at the next step."""
+        if request.state is not RequestState.WAITING_DECODE:
+            raise ValueError(f"request {request.rid} is {request.state.name}, expected WAITING_DECODE")
+        with self._lock:
+            self._inbox.append(request)
+
+    @property
+    def num_waiting(self) -> int:
+        """Hand-offs not yet in the running batch (they hold blocks already)."""
+        return len(self._inbox)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_running_tokens(self) -> int:
+        """Context tokens over the running batch (the KV a decode step reads)."""
+        return self._running_tokens
+
+    def has_work(self) -> bool:
+        return bool(self._inbox or self._running)
+
+    def schedule(self) -> Batch:
+        """Admit hand-offs, grow every running request by one slot (preempting the newest
+        on exhaustion), and return the step's batch."""
+        with self._lock:
+            running = self._running
+            while self._inbox and len(running) < self.config.max_decode_batch:
+                r = self._inbox.popleft()
+                r.transition(RequestState.DECODING)
+                running.append(r)
+                self._running_tokens += r.num_tokens
+            i = self.allocator.append_slots(running)
+            while i < len(running):
+                victim = self._inbox.pop() if self._inbox else running.pop()
+                if victim.state is RequestState.DECODING:
+                    self._running_tokens -= victim.num_tokens
+                ops.preempt(victim, self.allocator)
+                self.on_preempt(victim)
+                i = self.allocator.append_slots(running, i)
+            return Batch(decodes=list(running))
+
+    def update(self, batch: Batch, tokens: Sequence[int] | None) -> list[Request]:
+        """Append each request's token; finish those at ``max_tokens`` or stopped by the
+        checker (blocks freed). Returns the finished requests."""
+        finished: list[Request] = []
+        offset = sum(1 for c in batch.prefills if c.is_last)
+        checker = self.stop_checker
+        decoding = RequestState.DECODING
+        with self._lock:
+            added = 0
+            for k, r in enumerate(batch.decodes):
+                if r.state is not decoding:
+                    continue  # aborted while the step ran
+                r.num_computed_tokens = r.num_tokens
+                added += 1
+                reason = ops.append_and_check(r, tokens[offset + k] if tokens is not None else None, checker)
+                if reason is not None:
+                    ops.finish(r, reason, self.allocator)
+                    added -= r.num_tokens
+                    finished.append(r)
+            self._running_tokens += added
+            if finished:
+                self._running = [r for r in self._running if r.state is decoding]
+        return finished
+
+    def abort(self, rid: str) -> Request | None:
+        """Remove `rid` from the inbox or the running batch, free its blocks, mark it ABORTED."""
+        with self._lock:
+            for r in self._inbox:
+                if r.rid == rid:
+                    self._inbox.remove(r)
+                    ops.abort(r, self.allocator)
+                    return r
+            for r in self._running:
+                if r.rid == rid:
+                    self._running.remove(r)
+                    self._running_tokens -= r.num_tokens
+                    ops.abort(r, self.allocator)
+                    return r
+        return None

@@ -1,0 +1,65 @@
+"""Request operations shared by the schedulers: admission check, chunk allocation,
+token appends, finishing, preemption and abort. Each keeps the request's state machine
+and the allocator's ownership in step."""
+
+from __future__ import annotations
+
+from semipd.sched.base import StopChecker
+from semipd.sched.block_allocator import BlockAllocator
+from semipd.sched.request import Request, RequestState
+
+
+def check_fits(allocator: BlockAllocator, request: Request) -> None:
+    """Raise ValueError if `request` could not finish even alone in the pool.
+
+    At worst (preempted just before its last token) prefill must recompute
+    ``prompt + max_tokens - 1`` tokens, leaving the watermark free."""
+    need = request.num_prompt_tokens + request.max_tokens - 1
+    if not allocator.fits_alone(need):
+        raise ValueError(
+            f"request {request.rid}: {request.num_prompt_tokens} prompt + {request.max_tokens} output tokens "
+            f"cannot fit in the KV pool ({allocator.num_blocks} blocks of {allocator.block_size}, "
+            f"watermark {allocator.watermark})")
+
+
+def allocate_chunk(allocator: BlockAllocator, request: Request, num_tokens: int) -> int:
+    """Allocate slots for the next prefill chunk of `request`, up to `num_tokens` tokens,
+    leaving the watermark free. Shrinks the chunk to what fits; returns its length (0: none)."""
+    start = request.num_computed_tokens
+    if allocator.allocate(request, start + num_tokens):
+        return num_tokens
+    room = (len(request.block_ids) + allocator.num_free - allocator.watermark) * allocator.block_size - start
+    n = min(num_tokens, room)
+    if n > 0 and allocator.allocate(request, start + n):
+        return n
+    return 0
+
+
+def append_and_check(request: Request, token: int | None, stop_checker: StopChecker | None) -> str | None:
+    """Count a sampled token; return the finish reason (stop checker first, then "length")."""
+    request.append_token(token)
+    if stop_checker is not None:
+        reason = stop_checker(request, token)
+        if reason is not None:
+            return reason
+    return "length" if request.num_output_tokens >= request.max_tokens else None
+
+
+def finish(request: Request, reason: str, allocator: BlockAllocator) -> None:
+    request.finish_reason = reason
+    request.transition(RequestState.FINISHED)
+    allocator.free(request)
+
+
+def preempt(request: Request, allocator: BlockAllocator) -> None:
+    """Recompute preemption: free the KV, forget what was computed, state PREEMPTED."""
+    allocator.free(request)
+    request.num_computed_tokens = 0
+    request.num_preemptions += 1
+    request.transition(RequestState.PREEMPTED)
+
+
+def abort(request: Request, allocator: BlockAllocator) -> None:
+    allocator.free(request)
+    request.finish_reason = "abort"
+    request.transition(RequestState.ABORTED)

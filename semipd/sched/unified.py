@@ -1,0 +1,185 @@
+"""`UnifiedScheduler`: the baseline Semi-PD is compared against (vLLM v1 / SGLang style).
+
+One queue, the whole GPU, mixed batches with chunked prefill, as vLLM v1 schedules them:
+
+1. every running decode gets one token (decode first, so ongoing streams never stall);
+   a decode that cannot get a KV slot preempts the newest running request (recompute);
+2. running requests still prefilling (a chunked prompt) continue within the remaining
+   token budget;
+3. waiting requests are admitted in FCFS order while the budget, ``max_num_seqs`` and
+   the KV pool (leaving the watermark free) allow; the last one admitted may be chunked.
+   The queue is never skipped. Preempted requests re-enter at the front.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+
+from semipd.sched import ops
+from semipd.sched.base import StopChecker
+from semipd.sched.batch import Batch, PrefillChunk
+from semipd.sched.block_allocator import BlockAllocator
+from semipd.sched.config import UnifiedSchedulerConfig
+from semipd.sched.request import Request, RequestState
+
+_DECODE_READY = (RequestState.WAITING_DECODE, RequestState.DECODING)
+
+
+class UnifiedScheduler:
+    """Decode-first chunked-prefill scheduler over one KV pool. `schedule` and `update`
+    alternate; `add_request` and `abort` may come from other threads."""
+
+    def __init__(self, config: UnifiedSchedulerConfig, allocator: BlockAllocator,
+                 stop_checker: StopChecker | None = None) -> None:
+        self.config = config
+        self.allocator = allocator
+        self.stop_checker = stop_checker
+        self._waiting: deque[Request] = deque()
+        self._running: list[Request] = []
+        """Admitted requests (prefilling or decoding) in admission order: the back is the newest."""
+        self._running_tokens = 0
+        self._lock = threading.Lock()
+
+    def add_request(self, request: Request) -> None:
+        """Queue a new request at the back (FCFS). Raises ValueError if it can never fit."""
+        if request.state is not RequestState.WAITING_PREFILL:
+            raise ValueError(f"request {request.rid} is {request.state.name}, expected WAITING_PREFILL")
+        ops.check_fits(self.allocator, request)
+        with self._lock:
+            self._waiting.append(request)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_decode_tokens(self) -> int:
+        """Context tokens over the requests that decode in the next step (their KV is read)."""
+        return self._running_tokens
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def schedule(self) -> Batch:
+        """Next mixed batch: decodes first, then prefill chunks under the remaining budget."""
+        budget = self.config.max_num_batched_tokens
+        decodes: list[Request] = []
+        chunks: list[PrefillChunk] = []
+        with self._lock:
+            running = self._running
+            # 1. Decodes, oldest first; preempt from the back when the pool is full.
+            i = 0
+            while i < len(running) and budget > 0:
+                r = running[i]
+                if r.state not in _DECODE_READY:
+                    i += 1
+                    continue
+                if not self.allocator.append_slot(r):
+                    victim = running.pop()
+                    self._preempt(victim)
+                    continue
+                if r.state is RequestState.WAITING_DECODE:
+                    r.transition(RequestState.DECODING)
+                    self._running_tokens += r.num_tokens
+                decodes.append(r)
+                budget -= 1
+                i += 1
+            # 2. Partially prefilled running requests, then 3. the queue.
+            blocked = False
+            for r in running:
+                if r.state is not RequestState.PREFILLING:
+                    continue
+                if budget == 0:
+                    blocked = True
+                    break
+                n = self._chunk(r, budget, chunks)
+                budget -= n
+                if n == 0 or r.remaining_prefill_tokens > n:
+                    blocked = True
+                    break
+            while not blocked and self._waiting and budget > 0 and len(running) < self.config.max_num_seqs:
+                r = self._waiting[0]
+                n = self._chunk(r, budget, chunks)
+                if n == 0:
+                    break
+                self._waiting.popleft()
+                r.transition(RequestState.PREFILLING)
+                running.append(r)
+                budget -= n
+                blocked = r.remaining_prefill_tokens > n
+        return Batch(prefills=chunks, decodes=decodes)
+
+    def _chunk(self, r: Request, budget: int, chunks: list[PrefillChunk]) -> int:
+        n = ops.allocate_chunk(self.allocator, r, min(r.remaining_prefill_tokens, budget))
+        if n:
+            chunks.append(PrefillChunk(r, r.num_computed_tokens, n, n == r.remaining_prefill_tokens))
+        return n
+
+    def _preempt(self, victim: Request) -> None:
+        if victim.state is RequestState.DECODING:
+            self._running_tokens -= victim.num_tokens
+        ops.preempt(victim, self.allocator)
+        self._waiting.appendleft(victim)
+
+    def update(self, batch: Batch, tokens: Sequence[int] | None) -> list[Request]:
+        """Apply a mixed batch's results; returns the requests that finished (blocks freed)."""
+        finished: list[Request] = []
+        checker = self.stop_checker
+        ti = 0
+        with self._lock:
+            for c in batch.prefills:
+                r = c.request
+                token = None
+                if c.is_last:
+                    token = tokens[ti] if tokens is not None else None
+                    ti += 1
+                if r.state is not RequestState.PREFILLING:
+                    continue  # aborted while the batch ran
+                r.num_computed_tokens = c.end
+                if c.is_last:
+                    reason = ops.append_and_check(r, token, checker)
+                    if reason is not None:
+                        ops.finish(r, reason, self.allocator)
+                        finished.append(r)
+                    else:
+                        r.transition(RequestState.WAITING_DECODE)
+            added = 0
+            for r in batch.decodes:
+                token = tokens[ti] if tokens is not None else None
+                ti += 1
+                if r.state is not RequestState.DECODING:
+                    continue
+                r.num_computed_tokens = r.num_tokens
+                added += 1
+                reason = ops.append_and_check(r, token, checker)
+                if reason is not None:
+                    ops.finish(r, reason, self.allocator)
+                    added -= r.num_tokens
+                    finished.append(r)
+            self._running_tokens += added
+            if finished:
+                self._running = [r for r in self._running if not r.is_finished]
+        return finished
+
+    def abort(self, rid: str) -> Request | None:
+        """Remove `rid` from the queue or the running set, free its blocks, mark it ABORTED."""
+        with self._lock:
+            for r in self._waiting:
+                if r.rid == rid:
+                    self._waiting.remove(r)
+                    ops.abort(r, self.allocator)
+                    return r
+            for r in self._running:
+                if r.rid == rid:
+                    self._running.remove(r)
+                    if r.state is RequestState.DECODING:
+                        self._running_tokens -= r.num_tokens
+                    ops.abort(r, self.allocator)
+                    return r
+        return None
