@@ -4,9 +4,11 @@ A `PerfModel` answers how long one prefill iteration, one decode step, or one mi
 (unified) batch takes on a number of SMs, how much the two phases slow each other down
 when they run side by side, and how many KV tokens fit in memory.
 
-`AnalyticalPerfModel` is a roofline: each iteration moves some bytes (weights, KV reads and
-writes) and does some FLOPs (linear layers, attention, logits); its time is a smooth maximum
-of bytes / bandwidth(SMs) and FLOPs / compute rate(SMs), plus a fixed per-iteration overhead.
+`AnalyticalPerfModel` is a roofline. An iteration runs GEMMs (linear layers and logits: the
+weights are read once, 2 * params FLOPs per token) and attention kernels (KV tokens read and
+written, 4 * layers * heads * head_dim FLOPs per (query, key) pair, causal). Each kind takes
+a smooth maximum of bytes / bandwidth(SMs) and FLOPs / compute rate(SMs); being separate
+kernels, their times add, plus a fixed per-iteration overhead (launch gaps, sampling).
 
 - bandwidth(s) = (BW_max^-p + (s * bw_per_sm)^-p)^(-1/p): linear in SMs for few SMs,
   saturating near BW_max (decode reaches near-full bandwidth with ~48-64 SMs);
@@ -215,30 +217,26 @@ class AnalyticalPerfModel(PerfModel):
         self._check_sms(sms)
         if not chunks:
             return 0.0
-        nbytes, flops = self._prefill_work(chunks)
-        return self.gpu.prefill_overhead_s + self.gpu.roofline(nbytes + self._weights_read(), flops, sms)
+        return self.gpu.prefill_overhead_s + self._time(_Work.of_prefill(chunks), sms)
 
     def decode_time(self, batch_size: int, total_kv_tokens: int, sms: int) -> float:
         self._check_sms(sms)
         _check_decode(batch_size, total_kv_tokens)
         if batch_size == 0:
             return 0.0
-        nbytes, flops = self._decode_work(batch_size, total_kv_tokens)
-        return self.gpu.decode_overhead_s + self.gpu.roofline(nbytes + self._weights_read(), flops, sms)
+        return self.gpu.decode_overhead_s + self._time(_Work.of_decode(batch_size, total_kv_tokens), sms)
 
     def mixed_time(self, chunks: Chunks, batch_size: int, total_kv_tokens: int) -> float:
         _check_decode(batch_size, total_kv_tokens)
         if not chunks and batch_size == 0:
             return 0.0
-        nbytes, flops = self._weights_read(), 0.0
-        overhead = 0.0
+        work, overhead = _Work(), 0.0
         if chunks:
-            b, f = self._prefill_work(chunks)
-            nbytes, flops, overhead = nbytes + b, flops + f, self.gpu.prefill_overhead_s
+            work, overhead = work + _Work.of_prefill(chunks), self.gpu.prefill_overhead_s
         if batch_size:
-            b, f = self._decode_work(batch_size, total_kv_tokens)
-            nbytes, flops, overhead = nbytes + b, flops + f, max(overhead, self.gpu.decode_overhead_s)
-        return overhead + self.gpu.roofline(nbytes, flops, self.total_sms)
+            work = work + _Work.of_decode(batch_size, total_kv_tokens)
+            overhead = max(overhead, self.gpu.decode_overhead_s)
+        return overhead + self._time(work, self.total_sms)
 
     def interference(self, prefill_sms: int, decode_sms: int) -> tuple[float, float]:
         self._check_sms(prefill_sms)
@@ -250,33 +248,15 @@ class AnalyticalPerfModel(PerfModel):
         return _kv_capacity(self.gpu.memory_bytes, gpu_memory_utilization, self.model.weight_bytes,
                             self.gpu.activation_reserve_bytes, self.model.kv_bytes_per_token)
 
-    # -- work of each kind of iteration: (bytes moved besides the weights, FLOPs)
-
-    def _weights_read(self) -> float:
-        """Each iteration reads the linear weights and the lm_head once (embedding rows are negligible)."""
-        m = self.model
-        return float((m.linear_params + m.lm_head_params) * m.dtype_bytes)
-
-    def _prefill_work(self, chunks: Chunks) -> tuple[float, float]:
-        m = self.model
-        new = context = pairs = 0
-        for n, c in chunks:
-            if n < 1 or c < n:
-                raise ValueError(f"chunks: need new_tokens >= 1 and context_len_after >= new_tokens, got {(n, c)}")
-            new += n
-            context += c
-            pairs += n * (c - n) + n * (n + 1) // 2  # causal: token i sees the earlier context and i new tokens
-        nbytes = context * m.kv_bytes_per_token  # KV written for new tokens, read for the earlier context
-        flops = (2.0 * m.linear_params * new + 2.0 * m.lm_head_params * len(chunks)
-                 + m.attention_flops_per_pair * pairs / self.gpu.attention_efficiency)
-        return float(nbytes), flops
-
-    def _decode_work(self, batch_size: int, total_kv_tokens: int) -> tuple[float, float]:
-        m = self.model
-        nbytes = (total_kv_tokens + batch_size) * m.kv_bytes_per_token
-        flops = ((2.0 * m.linear_params + 2.0 * m.lm_head_params) * batch_size
-                 + m.attention_flops_per_pair * total_kv_tokens / self.gpu.attention_efficiency)
-        return float(nbytes), flops
+    def _time(self, work: _Work, sms: int) -> float:
+        """GEMMs (linear layers and logits, weights read once) then attention: separate kernels,
+        so their times add; each is its own roofline."""
+        m, gpu = self.model, self.gpu
+        gemm_bytes = (m.linear_params + m.lm_head_params) * m.dtype_bytes
+        gemm_flops = 2.0 * (m.linear_params * work.tokens + m.lm_head_params * work.logit_rows)
+        attn_bytes = work.kv_tokens_moved * m.kv_bytes_per_token
+        attn_flops = m.attention_flops_per_pair * work.attention_pairs / gpu.attention_efficiency
+        return gpu.roofline(gemm_bytes, gemm_flops, sms) + gpu.roofline(attn_bytes, attn_flops, sms)
 
     def _check_sms(self, sms: int) -> None:
         if not 1 <= sms <= self.total_sms:
@@ -346,6 +326,36 @@ def _kv_capacity(memory_bytes: float, utilization: float, weight_bytes: float, r
     if free <= 0:
         raise ValueError(f"gpu_memory_utilization={utilization} leaves no memory for the KV cache")
     return int(free // kv_bytes_per_token)
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What one iteration does: tokens through the linear layers, rows of logits, KV tokens
+    read or written by attention, and (query, key) pairs attention computes."""
+
+    tokens: int = 0
+    logit_rows: int = 0
+    kv_tokens_moved: int = 0
+    attention_pairs: int = 0
+
+    def __add__(self, other: _Work) -> _Work:
+        return _Work(self.tokens + other.tokens, self.logit_rows + other.logit_rows,
+                     self.kv_tokens_moved + other.kv_tokens_moved, self.attention_pairs + other.attention_pairs)
+
+    @staticmethod
+    def of_prefill(chunks: Chunks) -> _Work:
+        work = _Work()
+        for n, c in chunks:
+            if n < 1 or c < n:
+                raise ValueError(f"chunks: need new_tokens >= 1 and context_len_after >= new_tokens, got {(n, c)}")
+            # KV written for the new tokens and read for the earlier context; causal attention:
+            # each new token sees the earlier context and the new tokens up to itself.
+            work = work + _Work(n, 1, c, n * (c - n) + n * (n + 1) // 2)
+        return work
+
+    @staticmethod
+    def of_decode(batch_size: int, total_kv_tokens: int) -> _Work:
+        return _Work(batch_size, batch_size, total_kv_tokens + batch_size, total_kv_tokens)
 
 
 def _check_decode(batch_size: int, total_kv_tokens: int) -> None:
