@@ -35,7 +35,9 @@ class AggregatedMetrics:
     """In flight and without a first token yet (the prefill queue the controller must see)."""
     num_decoding: int = 0
     """In flight with a first token (decode is running them)."""
-    # Latency statistics (ms) over requests completed in the window.
+    # Latency statistics (ms). TTFT and queue time: requests whose first token fell in the
+    # window (finished or not); ITL: tokens streamed in the window; TPOT and e2e: requests
+    # completed successfully in the window (see `semipd.metrics.window`).
     ttft_mean: float = 0.0
     ttft_p50: float = 0.0
     ttft_p90: float = 0.0
@@ -59,10 +61,12 @@ class AggregatedMetrics:
     e2e_latency_mean: float = 0.0
     e2e_latency_p50: float = 0.0
     e2e_latency_p90: float = 0.0
+    e2e_latency_p95: float = 0.0
     e2e_latency_p99: float = 0.0
     # Throughputs over the window length.
     request_throughput: float = 0.0
-    """Completed requests per second."""
+    """Completed requests per second (divided by the window length, or by the time since the
+    first arrival when that is shorter)."""
     request_arrival_rate: float = 0.0
     """Arrived requests per second (the paper's lambda)."""
     input_token_throughput: float = 0.0
@@ -72,6 +76,9 @@ class AggregatedMetrics:
     # first token in the window even if not completed yet.
     ttft_samples: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     tpot_samples: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    window_truncated: bool = False
+    """True when bounded history dropped events that fell inside the window: counts, rates and
+    percentiles then cover only the most recent part of it (raise ``max_history_size``)."""
 
     @property
     def num_ttft_samples(self) -> int:

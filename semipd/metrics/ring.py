@@ -1,0 +1,58 @@
+"""`EventRing`: a fixed-capacity ring of numeric event rows.
+
+Rows live in one preallocated ``(capacity, num_columns)`` float64 array: a push writes one row
+(one numpy assignment, no allocation) and a reader takes column views without copying. Column 0
+is the event time. Once full, a push overwrites the oldest row; the ring counts those evictions
+and remembers the latest evicted time, so a reader can tell whether the retained rows still
+cover a window (`covers`). Not thread-safe: the collector guards its rings with its own lock.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class EventRing:
+    """`capacity` rows of `num_columns` floats; rows are unordered once the ring wrapped."""
+
+    __slots__ = ("capacity", "data", "size", "next_index", "evicted", "evicted_max_time")
+
+    def __init__(self, capacity: int, num_columns: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if num_columns < 1:
+            raise ValueError(f"num_columns must be >= 1, got {num_columns}")
+        self.capacity = capacity
+        self.data = np.zeros((capacity, num_columns), dtype=np.float64)
+        self.size = 0
+        self.next_index = 0
+        self.evicted = 0
+        self.evicted_max_time = float("-inf")
+
+    def claim(self) -> int:
+        """Reserve the slot for the next row and return its index; the caller writes the row
+        (``ring.data[i] = row``). Split from the write so hot paths can skip a method call."""
+        i = self.next_index
+        if self.size == self.capacity:
+            old = float(self.data[i, 0])
+            if old > self.evicted_max_time:
+                self.evicted_max_time = old
+            self.evicted += 1
+        else:
+            self.size += 1
+        self.next_index = i + 1 if i + 1 < self.capacity else 0
+        return i
+
+    def push(self, row: tuple[float, ...]) -> int:
+        """Write one row (one value per column) and return its slot index."""
+        i = self.claim()
+        self.data[i] = row
+        return i
+
+    def column(self, k: int) -> np.ndarray:
+        """A view (no copy) of column `k` over the filled rows; its contents change on later pushes."""
+        return self.data[: self.size, k]
+
+    def covers(self, start: float) -> bool:
+        """True when no row with time >= `start` has been evicted."""
+        return self.evicted_max_time < start

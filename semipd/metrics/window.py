@@ -1,0 +1,213 @@
+"""Window statistics shared by the collector and the cross-process aggregator.
+
+Both reduce requests to numeric event rows and select the rows whose time falls in the
+window [start, end] (inclusive), so the two compute every metric with the same code:
+
+- finished rows (time = completion/abort/hand-off time): status, TPOT, e2e latency, lengths;
+- first-token rows (time = first token): TTFT and queue time;
+- arrival rows (time = arrival);
+- ITL rows (time = the token's time): the gap to the previous token.
+
+What each statistic covers:
+
+- TTFT and queue time: requests whose first token fell in the window, finished or not (so the
+  controller sees TTFT rise before those requests complete).
+- TPOT, e2e latency, request/token throughput: requests completed successfully in the window.
+- ITL: tokens streamed in the window.
+- Rates divide by the effective window length: the window length, or the time elapsed since
+  the first arrival when that is shorter (a collector started 5 s ago has a 5 s window); 0.0
+  when that length is not positive.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from semipd.metrics.aggregated import AggregatedMetrics
+from semipd.metrics.request import RequestMetrics, RequestStatus
+
+NAN = math.nan
+PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+
+# Column layouts of the event rows.
+FINISHED_COLUMNS = ("time", "status", "tpot_s", "e2e_s", "input_length", "output_length")
+FIRST_TOKEN_COLUMNS = ("time", "ttft_s", "queue_s")
+
+
+def finished_row(rec: RequestMetrics, t: float, status: RequestStatus) -> tuple[float, ...]:
+    """The finished row of `rec` ending at `t` with `status` (NaN where a value is undefined)."""
+    tpot = e2e = NAN
+    if status is RequestStatus.COMPLETED:
+        if rec.first_token_time is not None and rec.output_length > 1:
+            tpot = (t - rec.first_token_time) / (rec.output_length - 1)
+        if rec.arrival_time is not None:
+            e2e = t - rec.arrival_time
+    return (t, float(status), tpot, e2e, float(rec.input_length), float(rec.output_length))
+
+
+def first_token_row(rec: RequestMetrics) -> tuple[float, float, float]:
+    """The first-token row of `rec` (which must have arrival and first-token times)."""
+    ft = rec.first_token_time
+    arrival = rec.arrival_time
+    assert ft is not None and arrival is not None
+    queue = rec.prefill_start_time - arrival if rec.prefill_start_time is not None else NAN
+    return (ft, ft - arrival, queue)
+
+
+@dataclass(frozen=True)
+class WindowSamples:
+    """The rows selected by one window, in seconds and tokens (copies, safe to keep)."""
+
+    finished_status: np.ndarray
+    """Status codes of every request that ended in the window."""
+    tpot_s: np.ndarray
+    e2e_s: np.ndarray
+    input_lengths: np.ndarray
+    output_lengths: np.ndarray
+    """The four arrays above cover requests completed successfully in the window."""
+    ttft_s: np.ndarray
+    queue_s: np.ndarray
+    itl_s: np.ndarray
+    num_arrivals: int
+
+
+def _in_window(times: np.ndarray, start: float, end: float) -> np.ndarray:
+    return (times >= start) & (times <= end)
+
+
+def select_window(
+    finished: tuple[np.ndarray, ...],
+    first_tokens: tuple[np.ndarray, ...],
+    arrival_times: np.ndarray,
+    itl: tuple[np.ndarray, np.ndarray],
+    start: float,
+    end: float,
+) -> WindowSamples:
+    """Select the rows in [start, end]. `finished` and `first_tokens` are column tuples in the
+    `FINISHED_COLUMNS` / `FIRST_TOKEN_COLUMNS` order; `itl` is (time, gap_s)."""
+    f_time, f_status, f_tpot, f_e2e, f_in, f_out = finished
+    sel = _in_window(f_time, start, end)
+    status = f_status[sel]
+    done = sel.copy()
+    done[sel] = status == float(RequestStatus.COMPLETED)
+    tpot = f_tpot[done]
+    e2e = f_e2e[done]
+    ft_time, ft_ttft, ft_queue = first_tokens
+    ft_sel = _in_window(ft_time, start, end)
+    queue = ft_queue[ft_sel]
+    itl_time, itl_gap = itl
+    return WindowSamples(
+        finished_status=status,
+        tpot_s=tpot[~np.isnan(tpot)],
+        e2e_s=e2e[~np.isnan(e2e)],
+        input_lengths=f_in[done],
+        output_lengths=f_out[done],
+        ttft_s=ft_ttft[ft_sel],
+        queue_s=queue[~np.isnan(queue)],
+        itl_s=itl_gap[_in_window(itl_time, start, end)],
+        num_arrivals=int(np.count_nonzero(_in_window(arrival_times, start, end))),
+    )
+
+
+def _stats_ms(samples_s: np.ndarray) -> tuple[np.ndarray, float, tuple[float, ...]]:
+    """(samples in ms, mean, percentiles in `PERCENTILES` order); zeros with no samples."""
+    ms = samples_s * 1000.0
+    if ms.size == 0:
+        return ms, 0.0, (0.0,) * len(PERCENTILES)
+    pct = np.percentile(ms, PERCENTILES)
+    return ms, float(ms.mean()), tuple(float(v) for v in pct)
+
+
+def summarize(
+    samples: WindowSamples,
+    *,
+    window_start: float,
+    window_end: float,
+    effective_length: float,
+    num_in_flight: int,
+    num_waiting_prefill: int,
+    num_decoding: int,
+    window_truncated: bool = False,
+) -> AggregatedMetrics:
+    """Fill an `AggregatedMetrics` from one window's samples (see the module docstring)."""
+    status = samples.finished_status
+    num_completed = int(np.count_nonzero(status == float(RequestStatus.COMPLETED)))
+    ttft_ms, ttft_mean, ttft_p = _stats_ms(samples.ttft_s)
+    tpot_ms, tpot_mean, tpot_p = _stats_ms(samples.tpot_s)
+    _, itl_mean, itl_p = _stats_ms(samples.itl_s)
+    _, queue_mean, queue_p = _stats_ms(samples.queue_s)
+    _, e2e_mean, e2e_p = _stats_ms(samples.e2e_s)
+    input_tokens = float(samples.input_lengths.sum())
+    output_tokens = float(samples.output_lengths.sum())
+    rate = (1.0 / effective_length) if effective_length > 0 else 0.0
+    return AggregatedMetrics(
+        window_start_time=window_start,
+        window_end_time=window_end,
+        num_completed=num_completed,
+        num_failed=int(np.count_nonzero(status == float(RequestStatus.FAILED))),
+        num_aborted=int(np.count_nonzero(status == float(RequestStatus.ABORTED))),
+        num_in_flight=num_in_flight,
+        num_waiting_prefill=num_waiting_prefill,
+        num_decoding=num_decoding,
+        ttft_mean=ttft_mean,
+        ttft_p50=ttft_p[0],
+        ttft_p90=ttft_p[1],
+        ttft_p95=ttft_p[2],
+        ttft_p99=ttft_p[3],
+        tpot_mean=tpot_mean,
+        tpot_p50=tpot_p[0],
+        tpot_p90=tpot_p[1],
+        tpot_p95=tpot_p[2],
+        tpot_p99=tpot_p[3],
+        itl_mean=itl_mean,
+        itl_p50=itl_p[0],
+        itl_p90=itl_p[1],
+        itl_p95=itl_p[2],
+        itl_p99=itl_p[3],
+        queue_time_mean=queue_mean,
+        queue_time_p50=queue_p[0],
+        queue_time_p90=queue_p[1],
+        queue_time_p95=queue_p[2],
+        queue_time_p99=queue_p[3],
+        e2e_latency_mean=e2e_mean,
+        e2e_latency_p50=e2e_p[0],
+        e2e_latency_p90=e2e_p[1],
+        e2e_latency_p95=e2e_p[2],
+        e2e_latency_p99=e2e_p[3],
+        request_throughput=num_completed * rate,
+        request_arrival_rate=samples.num_arrivals * rate,
+        input_token_throughput=input_tokens * rate,
+        output_token_throughput=output_tokens * rate,
+        total_token_throughput=(input_tokens + output_tokens) * rate,
+        ttft_samples=ttft_ms,
+        tpot_samples=tpot_ms,
+        window_truncated=window_truncated,
+    )
+
+
+def effective_window_length(window_size: float, window_end: float, first_arrival: float | None) -> float:
+    """min(window_size, window_end - first_arrival); 0.0 before any arrival."""
+    if first_arrival is None:
+        return 0.0
+    return max(0.0, min(window_size, window_end - first_arrival))
+
+
+def real_time_dict(agg: AggregatedMetrics, window_size: float) -> dict[str, float | int | bool]:
+    """The latency/throughput part of `get_real_time_metrics()` (keys documented there)."""
+    out: dict[str, float | int | bool] = {
+        "timestamp": agg.window_end_time,
+        "window_size_seconds": window_size,
+        "window_start_time": agg.window_start_time,
+    }
+    for name in ("ttft", "tpot", "itl", "queue_time", "e2e_latency"):
+        out[f"{name}_mean_ms"] = getattr(agg, f"{name}_mean")
+        for p in ("p50", "p90", "p95", "p99"):
+            out[f"{name}_{p}_ms"] = getattr(agg, f"{name}_{p}")
+    for key in ("request_throughput", "request_arrival_rate", "input_token_throughput", "output_token_throughput",
+                "total_token_throughput", "num_completed", "num_failed", "num_aborted", "num_in_flight",
+                "num_waiting_prefill", "num_decoding", "num_ttft_samples", "num_tpot_samples", "window_truncated"):
+        out[key] = getattr(agg, key)
+    return out
