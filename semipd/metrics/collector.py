@@ -280,6 +280,17 @@ class SemiPDMetricsCollector:
         with self._lock:
             return self._system
 
+    def in_flight_counts(self) -> tuple[int, int]:
+        """(requests in flight without a first token, requests in flight with one), now."""
+        with self._lock:
+            waiting = self._num_waiting_prefill
+            return waiting, len(self._in_flight) - waiting
+
+    def is_in_flight(self, rid: str) -> bool:
+        """True while `rid` is live here (arrived, not ended or handed off)."""
+        with self._lock:
+            return rid in self._in_flight
+
     def get_request(self, rid: str) -> RequestMetrics | None:
         """A copy of the live or retained record of `rid`, or None."""
         with self._lock:
