@@ -1,0 +1,177 @@
+"""`semipd simulate`, `semipd demo` and their reports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from semipd.cli import build_parser, main
+from semipd.sim.cli import DEFAULT_POLICIES, build_workload, parse_length
+from semipd.sim.report import PlotUnavailableError, attainment_between, plot_timelines, policy_table
+from semipd.sim.results import CycleRecord, RequestRecord, SimResult
+from semipd.slo.constraints import SLOConstraints
+from semipd.workload import LengthDist
+
+REPO = Path(__file__).resolve().parents[1]
+SLO = SLOConstraints(ttft_target_ms=200.0, tpot_target_ms=30.0)
+SUMMARY_KEYS = {"slo_attainment", "ttft_attainment", "tpot_attainment", "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms",
+                "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "throughput_rps", "output_tokens_per_s", "goodput_rps",
+                "num_reallocations", "num_finished", "num_aborted", "num_preemptions"}
+
+
+def _parse(*argv: str):
+    return build_parser(["simulate", *argv]).parse_args(["simulate", *argv])
+
+
+def _fake_result(policy: str, ttfts: list[float], split: float = 70.0) -> SimResult:
+    requests = [RequestRecord(rid=str(i), arrival=float(i), first_token=i + t / 1e3, completion=i + 1.0,
+                              input_len=100, output_len=10, ttft_ms=t, tpot_ms=20.0, finished=True, preemptions=0)
+                for i, t in enumerate(ttfts)]
+    timeline = [CycleRecord(time=5.0 * k, prefill_percentage=split - 10 * (k > 1), decode_percentage=100 - split,
+                            ttft_p90_ms=100.0 + k, tpot_p90_ms=20.0, ttft_p95_ms=110.0, tpot_p95_ms=21.0,
+                            arrival_rate=2.0, num_waiting_prefill=k, violations={}, action="keep")
+                for k in range(4)]
+    return SimResult(policy=policy, requests=requests, timeline=timeline, num_reallocations=1,
+                     controller_status=None, sim_duration_s=float(len(ttfts)), wall_time_s=0.1)
+
+
+def test_parse_length():
+    assert repr(parse_length("128", "--x")) == repr(LengthDist.fixed(128))
+    assert repr(parse_length("10:20", "--x")) == repr(LengthDist.uniform(10, 20))
+    assert parse_length("lognormal:300:200", "--x").kind == "lognormal"
+    for bad in ("abc", "0", "20:10", "lognormal:1", "gamma:1:2"):
+        with pytest.raises(ValueError, match="--x"):
+            parse_length(bad, "--x")
+
+
+def test_simulate_arguments():
+    args = _parse("--policy", "unified", "--policy", "static:70/30", "--slo-ttft-ms", "300", "--seed", "3")
+    assert args.policies == ["unified", "static:70/30"]
+    assert args.slo_ttft_ms == 300.0 and args.seed == 3
+    defaults = _parse()
+    assert defaults.policies is None and defaults.trace is None and not defaults.phased
+    assert set(DEFAULT_POLICIES) == {"unified", "static:30/70", "static:50/50", "static:70/30", "slo:paper",
+                                     "slo:heuristic"}
+
+
+def test_build_workloads(azure_trace):
+    workload, info = build_workload(_parse("--trace", str(azure_trace), "--max-requests", "50", "--time-scale", "0.5"))
+    assert len(workload) == 50 and info["source"] == "trace" and info["num_requests"] == 50
+    workload, info = build_workload(_parse("--phased", "--duration", "20"))
+    assert info["source"] == "phased" and max(r.arrival_time for r in workload) < 20
+    workload, info = build_workload(_parse("--request-rate", "5", "--duration", "10", "--input-len", "64",
+                                           "--output-len", "8:16"))
+    assert info["source"] == "synthetic" and all(r.input_len == 64 and 8 <= r.output_len <= 16 for r in workload)
+    with pytest.raises(ValueError, match="--trace"):
+        build_workload(_parse("--trace", str(azure_trace), "--phased"))
+
+
+def test_policy_table_lists_policies():
+    results = {"static:70/30": _fake_result("static:70/30", [50.0, 300.0]), "slo:paper": _fake_result("x", [50.0])}
+    summaries = {name: r.summary(SLO) for name, r in results.items()}
+    console = Console(record=True, width=200)
+    console.print(policy_table(summaries, SLO, title="t"))
+    text = console.export_text()
+    assert "static:70/30" in text and "slo:paper" in text
+    assert "50.0%" in text and "100.0%" in text
+
+
+def test_attainment_between():
+    result = _fake_result("p", [50.0, 300.0, 60.0, 70.0])
+    assert attainment_between(result, SLO, 0.0, 2.0) == (0.5, 2)
+    assert attainment_between(result, SLO, 2.0, 10.0) == (1.0, 2)
+    assert attainment_between(result, SLO, 100.0, 200.0) == (0.0, 0)
+
+
+def test_plot_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = plot_timelines([_fake_result("a", [10.0]), _fake_result("b", [20.0], split=50.0)], SLO,
+                          tmp_path / "t.png", title="fake")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib(tmp_path, monkeypatch):
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(PlotUnavailableError, match=r"\.\[plot\]"):
+        plot_timelines([_fake_result("a", [10.0])], SLO, tmp_path / "t.png")
+
+
+def test_simulate_bad_arguments(capsys):
+    assert main(["simulate", "--policy", "static:banana"]) == 2
+    assert "static" in capsys.readouterr().err
+    assert main(["simulate", "--perf-model", "nope"]) == 2
+    assert "llama-3.1-8b-h100" in capsys.readouterr().err
+
+
+def test_simulate_end_to_end(tmp_path, capsys):
+    out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
+    argv = ["simulate", "--request-rate", "4", "--duration", "8", "--input-len", "256", "--output-len", "32",
+            "--policy", "unified", "--policy", "static:50/50", "--policy", "slo:heuristic",
+            "--monitoring-interval", "2", "--output-json", str(out_json)]
+    has_mpl = _has_matplotlib()
+    if has_mpl:
+        argv += ["--plot", str(out_png)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "unified" in text and "slo:heuristic" in text
+    doc = json.loads(out_json.read_text())
+    assert set(doc) >= {"workload", "slo", "policies"}
+    assert doc["slo"]["ttft_target_ms"] == 200.0
+    assert doc["workload"]["num_requests"] > 10
+    assert list(doc["policies"]) == ["unified", "static:50/50", "slo:heuristic"]
+    for summary in doc["policies"].values():
+        assert SUMMARY_KEYS <= set(summary)
+        assert 0.0 <= summary["slo_attainment"] <= 1.0
+        assert summary["num_finished"] == doc["workload"]["num_requests"]
+    if has_mpl:
+        assert out_png.stat().st_size > 0
+
+
+def test_demo_unknown_model(capsys):
+    assert main(["demo", "--model-path", "acme/Unknown-70B"]) == 2
+    err = capsys.readouterr().err
+    assert "acme/Unknown-70B" in err and "llama-3.1-8b-h100" in err
+
+
+def test_demo_bad_split(capsys):
+    assert main(["demo", "--initial-prefill-sm", "70", "--initial-decode-sm", "40"]) == 2
+    assert "add up to 100" in capsys.readouterr().err
+
+
+def test_demo_few_cycles(tmp_path, capsys):
+    plot = tmp_path / "demo.png"
+    assert main(["demo", "--simulation-cycles", "4", "--monitoring-interval", "2", "--request-rate", "4",
+                 "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert "controller statistics" in text and "effect" in text
+    assert "total_adjustments" in text
+    if _has_matplotlib():
+        assert plot.exists()
+    else:
+        assert "plot skipped" in text
+
+
+def test_example_script_without_matplotlib(tmp_path):
+    """The example runs with the base install: matplotlib hidden, it skips the plot and exits 0."""
+    code = ("import sys, runpy; sys.modules['matplotlib'] = None; "
+            f"sys.argv = ['x', '--simulation-cycles', '3', '--monitoring-interval', '2', '--request-rate', '3', "
+            f"'--plot', {str(tmp_path / 'p.png')!r}]; "
+            f"runpy.run_path({str(REPO / 'examples/semi_pd/slo_aware_example.py')!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "plot skipped" in proc.stdout and ".[plot]" in proc.stdout
+    assert not (tmp_path / "p.png").exists()
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
