@@ -14,6 +14,7 @@ from semipd.workload import (
     load_azure_trace,
     phased_workload,
     poisson_arrivals,
+    prefill_heavy_then_decode_heavy,
     synthetic_workload,
 )
 
@@ -194,3 +195,14 @@ def test_describe_empty_and_small():
     stats = describe_workload([WorkloadRequest(0.0, 10, 2), WorkloadRequest(2.0, 30, 4)])
     assert stats["request_rate"] == pytest.approx(0.5)
     assert stats["total_output_tokens"] == 6
+
+
+def test_builtin_phased_workload():
+    reqs = prefill_heavy_then_decode_heavy(100.0, seed=2)
+    first = describe_workload([r for r in reqs if r.arrival_time < 50.0])
+    second = describe_workload([r for r in reqs if r.arrival_time >= 50.0])
+    assert first["mean_input_len"] > 5 * second["mean_input_len"]
+    assert second["mean_output_len"] > 5 * first["mean_output_len"]
+    assert reqs == prefill_heavy_then_decode_heavy(100.0, seed=2)
+    with pytest.raises(ValueError, match="duration"):
+        prefill_heavy_then_decode_heavy(0.0)
