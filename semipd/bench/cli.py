@@ -1,0 +1,278 @@
+"""`semipd bench`: load generator for any OpenAI-compatible server (flags follow ``vllm bench serve``).
+
+``semipd bench [run] ...`` runs one benchmark; ``semipd bench sweep --request-rates 2,4,8 ...``
+runs one per rate and reports SLO attainment and goodput against rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import math
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from semipd.bench.client import BACKENDS, Endpoint, api_url, first_model
+from semipd.bench.datasets import (
+    DEFAULT_TOKEN_RANGE,
+    PROMPT_FORMATS,
+    BenchRequest,
+    PromptMaker,
+    random_requests,
+    sharegpt_requests,
+    trace_requests,
+)
+from semipd.bench.goodput import parse_goodput
+from semipd.bench.report import format_failures, format_summary, result_json, write_json
+from semipd.bench.runner import RunConfig, arrival_offsets, arrival_rng, dataset_rng, run_benchmark
+from semipd.bench.stats import parse_metric_names, parse_percentiles, summarize
+from semipd.bench.sweep import find_capacity, format_capacity, format_sweep_table, parse_rates, run_sweep
+from semipd.bench.tokens import TokenCounter, load_counter
+
+DATASETS = ("random", "trace", "sharegpt")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `bench` flags to `parser` (the subparser `semipd` made for "bench")."""
+    parser.add_argument("mode", nargs="?", choices=("run", "sweep"), default="run",
+                        help="run: one benchmark (default); sweep: one run per --request-rates entry")
+    srv = parser.add_argument_group("server")
+    srv.add_argument("--base-url", help="server base URL, e.g. http://127.0.0.1:8000 (overrides --host/--port)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--backend", choices=tuple(BACKENDS), default="openai",
+                     help="openai: /v1/completions; openai-chat: /v1/chat/completions")
+    srv.add_argument("--endpoint", help="API path (default: the backend's)")
+    srv.add_argument("--model", help="model name (default: the first of /v1/models)")
+    srv.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                     help="bearer token (default: $OPENAI_API_KEY)")
+    srv.add_argument("--request-timeout", type=float, default=6 * 3600.0, help="seconds per request")
+    data = parser.add_argument_group("dataset")
+    data.add_argument("--dataset-name", "--dataset", dest="dataset_name", choices=DATASETS, default="random")
+    data.add_argument("--dataset-path", help="ShareGPT JSON (sharegpt) or trace CSV (trace)")
+    data.add_argument("--num-prompts", type=int, default=1000, help="requests to send (per rate in a sweep)")
+    data.add_argument("--random-input-len", type=int, default=1024)
+    data.add_argument("--random-output-len", type=int, default=128)
+    data.add_argument("--random-range-ratio", type=float, default=0.0,
+                      help="lengths uniform in [L(1-r), L(1+r)], 0 <= r < 1")
+    data.add_argument("--random-prompt-format", choices=PROMPT_FORMATS,
+                      help="ids: token-id prompts of exact length (default on /v1/completions); "
+                      "text: random words (default, and the only choice, for openai-chat)")
+    data.add_argument("--random-token-range", default=f"{DEFAULT_TOKEN_RANGE[0]}:{DEFAULT_TOKEN_RANGE[1]}",
+                      help="LOW:HIGH token ids for random prompts (capped to --tokenizer's vocabulary)")
+    data.add_argument("--trace-path", help="Azure trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)")
+    data.add_argument("--time-scale", type=float, default=1.0, help="trace time multiplier (0.5 = twice as fast)")
+    data.add_argument("--trace-max-input-len", type=int, help="cap trace prompt lengths")
+    data.add_argument("--trace-max-output-len", type=int, help="cap trace output lengths")
+    data.add_argument("--trace-start-offset", type=float, default=0.0, help="skip this many seconds of the trace")
+    data.add_argument("--sharegpt-output-len", type=int, help="fixed output length instead of the reply's")
+    data.add_argument("--tokenizer", help="tokenizer.json (or its folder) for exact text token counts")
+    load = parser.add_argument_group("load")
+    load.add_argument("--request-rate", default="inf",
+                      help="req/s (Poisson, or gamma with --burstiness); inf = all at once; trace = trace timestamps")
+    load.add_argument("--use-trace-timestamps", action="store_true", help="same as --request-rate trace")
+    load.add_argument("--burstiness", type=float, default=1.0, help="gamma shape: 1 Poisson, <1 burstier")
+    load.add_argument("--max-concurrency", type=int, help="most requests in flight at once")
+    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
+                      help="ask the server to ignore EOS so output lengths are honoured")
+    load.add_argument("--temperature", type=float, default=0.0)
+    rep = parser.add_argument_group("report")
+    rep.add_argument("--goodput", nargs="+", metavar="KEY:MS", help="SLOs, e.g. ttft:200 tpot:30 [e2el:5000]")
+    rep.add_argument("--percentile-metrics", default="ttft,tpot,itl,e2el")
+    rep.add_argument("--metric-percentiles", default="50,90,99", help="besides mean and median")
+    rep.add_argument("--output-json", help="result file (sweep default: semipd-sweep.json)")
+    rep.add_argument("--disable-tqdm", "--no-progress", dest="no_progress", action="store_true",
+                     help="no live progress bar")
+    swp = parser.add_argument_group("sweep")
+    swp.add_argument("--request-rates", help="comma-separated rates, e.g. 2,4,8,12,16")
+    swp.add_argument("--duration-per-rate", type=float, help="seconds of arrivals per rate (instead of --num-prompts)")
+    swp.add_argument("--attainment-target", type=float, default=0.9)
+    swp.add_argument("--plot", help="PNG path (default: the JSON path with .png)")
+    swp.add_argument("--no-plot", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _sweep(args) if args.mode == "sweep" else _run_once(args)
+    except ValueError as exc:
+        print(f"semipd bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run_once(args: argparse.Namespace) -> int:
+    if args.request_rates or args.duration_per_rate is not None:
+        raise ValueError("--request-rates and --duration-per-rate belong to `semipd bench sweep`")
+    rate = _request_rate(args)
+    slos = parse_goodput(args.goodput or [])
+    percentiles = parse_percentiles(args.metric_percentiles)
+    metrics = parse_metric_names(args.percentile_metrics)
+    endpoint = _endpoint(args)
+    requests = _request_builder(args, endpoint)(args.num_prompts)
+    arrivals = arrival_offsets(requests, rate, args.burstiness, arrival_rng(args.seed))
+    rate_text = "trace timestamps" if rate is None else f"{rate:g} req/s"
+    print(f"{len(requests)} {args.dataset_name} requests to {endpoint.model} at {endpoint.url}, {rate_text}, "
+          f"burstiness {args.burstiness:g}, max concurrency {args.max_concurrency or 'unlimited'}")
+    result = run_benchmark(endpoint, requests, arrivals, _run_config(args))
+    summary = summarize(result.records, result.duration, slos, percentiles, metrics)
+    print(format_summary(summary, args.max_concurrency))
+    failures = format_failures(result.records)
+    if failures:
+        print(failures)
+    if args.output_json:
+        write_json(args.output_json, result_json(summary, result.records, _settings(args, endpoint)))
+        print(f"wrote {args.output_json}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    if not args.request_rates:
+        raise ValueError("sweep needs --request-rates, e.g. --request-rates 2,4,8")
+    if args.use_trace_timestamps or args.request_rate != "inf":
+        raise ValueError("sweep sets the rate itself: drop --request-rate/--use-trace-timestamps")
+    if not args.goodput:
+        raise ValueError("sweep needs SLOs: --goodput ttft:MS tpot:MS")
+    if args.duration_per_rate is not None and not args.duration_per_rate > 0:
+        raise ValueError(f"--duration-per-rate must be > 0, got {args.duration_per_rate}")
+    if not 0.0 < args.attainment_target <= 1.0:
+        raise ValueError(f"--attainment-target must be in (0, 1], got {args.attainment_target}")
+    rates = parse_rates(args.request_rates)
+    slos = parse_goodput(args.goodput)
+    percentiles = parse_percentiles(args.metric_percentiles)
+    endpoint = _endpoint(args)
+    per_rate = f"{args.duration_per_rate:g} s" if args.duration_per_rate else f"{args.num_prompts} requests"
+    print(f"sweep over {', '.join(f'{r:g}' for r in rates)} req/s, {per_rate} each, "
+          f"{args.dataset_name} requests to {endpoint.model} at {endpoint.url}")
+    points = run_sweep(
+        endpoint, rates, _request_builder(args, endpoint), slos, _run_config(args),
+        seed=args.seed, burstiness=args.burstiness,
+        num_prompts=None if args.duration_per_rate else args.num_prompts,
+        duration_per_rate=args.duration_per_rate, percentiles=percentiles,
+        on_point=lambda p: print(f"rate {p.rate:g}: attainment {p.summary.slo_attainment:.3f}, "
+                                 f"goodput {p.summary.request_goodput:.2f} req/s, {p.summary.failed} failed"),
+    )
+    capacity = find_capacity(points, args.attainment_target)
+    print(format_sweep_table(points))
+    for point in points:
+        for error, n in point.errors.items():
+            print(f"rate {point.rate:g}: {n} failed: {error}")
+    print(format_capacity(capacity, args.attainment_target, slos))
+    json_path = args.output_json or "semipd-sweep.json"
+    write_json(json_path, {
+        **_settings(args, endpoint),
+        "attainment_target": args.attainment_target,
+        "capacity": {"highest_rate": capacity.highest_rate, "interpolated_rate": capacity.interpolated_rate,
+                     "all_met": capacity.all_met},
+        "points": [p.to_dict() for p in points],
+    })
+    print(f"wrote {json_path}")
+    if not args.no_plot:
+        from semipd.bench.plot import plot_sweep
+
+        png = args.plot or os.path.splitext(json_path)[0] + ".png"
+        try:
+            print(f"wrote {plot_sweep(points, args.attainment_target, capacity, png)}")
+        except ValueError as exc:
+            print(f"semipd bench: no plot: {exc}", file=sys.stderr)
+    return 0
+
+
+def _request_rate(args: argparse.Namespace) -> float | None:
+    """The rate in req/s (inf allowed), or None for the trace's own timestamps."""
+    if args.use_trace_timestamps or args.request_rate == "trace":
+        if args.dataset_name != "trace":
+            raise ValueError("trace timestamps need --dataset-name trace")
+        return None
+    try:
+        rate = float(args.request_rate)
+    except ValueError:
+        raise ValueError(f"--request-rate must be a number, inf or trace, got {args.request_rate!r}") from None
+    if not rate > 0:
+        raise ValueError(f"--request-rate must be > 0, got {args.request_rate}")
+    return rate
+
+
+def _run_config(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(max_concurrency=args.max_concurrency, request_timeout_s=args.request_timeout,
+                     show_progress=not args.no_progress)
+
+
+def _endpoint(args: argparse.Namespace) -> Endpoint:
+    base_url = args.base_url or f"http://{args.host}:{args.port}"
+    model = args.model or asyncio.run(_discover_model(base_url, args.api_key))
+    return Endpoint(
+        url=api_url(base_url, args.endpoint or BACKENDS[args.backend]),
+        model=model,
+        chat=args.backend == "openai-chat",
+        api_key=args.api_key,
+        ignore_eos=args.ignore_eos,
+        temperature=args.temperature,
+    )
+
+
+async def _discover_model(base_url: str, api_key: str | None) -> str:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), trust_env=True) as session:
+        return await first_model(session, base_url, api_key)
+
+
+def _request_builder(args: argparse.Namespace, endpoint: Endpoint) -> Callable[[int], list[BenchRequest]]:
+    """A function n -> n requests of the chosen dataset (same seed, same requests)."""
+    if args.num_prompts < 1:
+        raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
+    counter = load_counter(args.tokenizer)
+    if args.dataset_name == "sharegpt":
+        if not args.dataset_path:
+            raise ValueError("--dataset-name sharegpt needs --dataset-path (a ShareGPT JSON file)")
+        return lambda n: sharegpt_requests(args.dataset_path, n, dataset_rng(args.seed), counter,
+                                           output_len=args.sharegpt_output_len)
+    maker = _prompt_maker(args, endpoint, counter)
+    if args.dataset_name == "random":
+        return lambda n: random_requests(n, args.random_input_len, args.random_output_len,
+                                         args.random_range_ratio, dataset_rng(args.seed), maker)
+    path = args.trace_path or args.dataset_path
+    if not path:
+        raise ValueError("--dataset-name trace needs --trace-path (an Azure trace CSV)")
+
+    def from_trace(n: int) -> list[BenchRequest]:
+        requests = trace_requests(path, n, dataset_rng(args.seed), maker, time_scale=args.time_scale,
+                                  max_input_len=args.trace_max_input_len, max_output_len=args.trace_max_output_len,
+                                  start_offset_s=args.trace_start_offset)
+        if len(requests) < n:
+            raise ValueError(f"trace {path} has only {len(requests)} requests after the offset, {n} needed")
+        return requests
+
+    return from_trace
+
+
+def _prompt_maker(args: argparse.Namespace, endpoint: Endpoint, counter: TokenCounter) -> PromptMaker:
+    prompt_format = args.random_prompt_format or ("text" if endpoint.chat else "ids")
+    if endpoint.chat and prompt_format == "ids":
+        raise ValueError("--backend openai-chat takes text prompts: use --random-prompt-format text")
+    low_text, sep, high_text = args.random_token_range.partition(":")
+    try:
+        low, high = int(low_text), int(high_text)
+    except ValueError:
+        raise ValueError(f"--random-token-range must be LOW:HIGH, got {args.random_token_range!r}") from None
+    if not sep:
+        raise ValueError(f"--random-token-range must be LOW:HIGH, got {args.random_token_range!r}")
+    if counter.vocab_size is not None:
+        high = min(high, counter.vocab_size)
+    if not 0 <= low < high:
+        raise ValueError(f"--random-token-range {low}:{high} is empty (after capping to the tokenizer's vocabulary)")
+    return PromptMaker(prompt_format, (low, high), counter)
+
+
+def _settings(args: argparse.Namespace, endpoint: Endpoint) -> dict[str, Any]:
+    """Run settings for the JSON result (the API key left out; inf written as "inf")."""
+    settings: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                                "model": endpoint.model, "url": endpoint.url}
+    for key, value in sorted(vars(args).items()):
+        if key in ("api_key", "command") or key in settings:
+            continue
+        settings[key] = "inf" if isinstance(value, float) and math.isinf(value) else value
+    return settings

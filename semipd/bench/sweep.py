@@ -1,0 +1,159 @@
+"""Request-rate sweep: one run per rate, SLO attainment and goodput against rate, and the
+highest rate that still meets the attainment target (the server's SLO capacity).
+
+Every rate replays the same seeded draws: with a fixed number of prompts the same requests
+are sent at each rate, and gamma gaps scale as 1/rate, so a higher rate is the same arrival
+pattern compressed in time (common random numbers keep the curve smooth).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from semipd.bench.client import Endpoint
+from semipd.bench.datasets import BenchRequest
+from semipd.bench.runner import RunConfig, arrival_rng, run_benchmark
+from semipd.bench.stats import BenchSummary, percentile_label, summarize
+from semipd.workload import gamma_arrivals
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    """``"2,4,8"`` -> (2.0, 4.0, 8.0), ascending; each a finite number > 0, no repeats."""
+    rates: list[float] = []
+    for part in text.split(","):
+        try:
+            rate = float(part)
+        except ValueError:
+            raise ValueError(f"request-rates: {part.strip()!r} is not a number") from None
+        if not rate > 0 or not math.isfinite(rate):
+            raise ValueError(f"request-rates: each rate must be a finite number > 0, got {part.strip()!r}")
+        rates.append(rate)
+    if len(set(rates)) != len(rates):
+        raise ValueError(f"request-rates: {text!r} repeats a rate")
+    return tuple(sorted(rates))
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One rate's result; `errors` counts failed requests per error message."""
+
+    rate: float
+    summary: BenchSummary
+    errors: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request_rate": self.rate, **self.summary.to_dict(), "errors": dict(self.errors)}
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The highest swept rate whose attainment, and that of every lower rate, meets the target;
+    `interpolated_rate` estimates where attainment crosses the target between that rate and
+    the next (equal to `highest_rate` when every rate met it: the capacity is at least that)."""
+
+    highest_rate: float | None
+    interpolated_rate: float | None
+    all_met: bool
+
+
+def find_capacity(points: Sequence[SweepPoint], target: float) -> Capacity:
+    """Capacity of ascending-rate `points` at an attainment `target` in (0, 1]."""
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"target must be in (0, 1], got {target}")
+    previous: SweepPoint | None = None
+    for point in points:
+        attained = point.summary.slo_attainment
+        if attained is None:
+            raise ValueError("sweep points need SLOs (slo_attainment is None)")
+        if attained < target:
+            if previous is None:
+                return Capacity(None, None, False)
+            a0, a1 = previous.summary.slo_attainment or 0.0, attained
+            r0, r1 = previous.rate, point.rate
+            return Capacity(r0, r0 + (a0 - target) * (r1 - r0) / (a0 - a1), False)
+        previous = point
+    return Capacity(previous.rate if previous else None, previous.rate if previous else None, previous is not None)
+
+
+def run_sweep(
+    endpoint: Endpoint,
+    rates: Sequence[float],
+    build_requests: Callable[[int], list[BenchRequest]],
+    slos: dict[str, float],
+    config: RunConfig,
+    *,
+    seed: int = 0,
+    burstiness: float = 1.0,
+    num_prompts: int | None = None,
+    duration_per_rate: float | None = None,
+    percentiles: Sequence[float] = (50.0, 90.0, 99.0),
+    on_point: Callable[[SweepPoint], None] | None = None,
+) -> list[SweepPoint]:
+    """Run each rate for `num_prompts` requests or `duration_per_rate` seconds of arrivals.
+
+    `build_requests(n)` makes n requests (called once for a fixed count, once per rate for
+    a duration). `on_point` is called after each rate, e.g. to print progress.
+    """
+    if not slos:
+        raise ValueError("slos must not be empty: attainment needs targets (--goodput ttft:MS tpot:MS)")
+    if (num_prompts is None) == (duration_per_rate is None):
+        raise ValueError("give exactly one of num_prompts and duration_per_rate")
+    fixed = build_requests(num_prompts) if num_prompts is not None else None
+    points = []
+    for rate in rates:
+        rng = arrival_rng(seed)
+        if fixed is not None:
+            requests = fixed
+            arrivals = gamma_arrivals(rate, burstiness, rng, num_requests=len(fixed))
+        else:
+            arrivals = gamma_arrivals(rate, burstiness, rng, duration=duration_per_rate)
+            requests = build_requests(len(arrivals))
+        result = run_benchmark(endpoint, requests, arrivals, config)
+        summary = summarize(result.records, result.duration, slos, percentiles)
+        errors = Counter(r.error for r in result.records if not r.success)
+        point = SweepPoint(rate, summary, dict(errors))
+        points.append(point)
+        if on_point is not None:
+            on_point(point)
+    return points
+
+
+def format_sweep_table(points: Sequence[SweepPoint]) -> str:
+    """One line per rate: counts, throughput, goodput, attainment, TTFT and TPOT percentiles (ms)."""
+    if not points:
+        return ""
+    pcts = [p for p, _ in points[0].summary.metrics["ttft"].percentiles]
+    labels = "/".join(percentile_label(p) for p in pcts)
+    header = (
+        f"{'rate':>7} {'sent':>6} {'failed':>6} {'req/s':>7} {'goodput':>8} {'attain':>7}"
+        f"  TTFT {labels} (ms)".ljust(60) + f"TPOT {labels} (ms)"
+    )
+    lines = [header]
+    for pt in points:
+        s = pt.summary
+        ttft = " / ".join(f"{v:.0f}" for _, v in s.metrics["ttft"].percentiles)
+        tpot = " / ".join(f"{v:.1f}" for _, v in s.metrics["tpot"].percentiles)
+        lines.append(
+            f"{pt.rate:>7g} {s.num_requests:>6} {s.failed:>6} {s.request_throughput:>7.2f} "
+            f"{s.request_goodput or 0.0:>8.2f} {s.slo_attainment or 0.0:>7.3f}  {ttft}".ljust(60) + tpot
+        )
+    return "\n".join(lines)
+
+
+def format_capacity(capacity: Capacity, target: float, slos: dict[str, float]) -> str:
+    slo_text = " ".join(f"{k}:{v:g}" for k, v in slos.items())
+    if capacity.highest_rate is None:
+        return f"No swept rate reached {target:.0%} SLO attainment ({slo_text} ms); try lower rates."
+    if capacity.all_met:
+        return (
+            f"Every swept rate met {target:.0%} SLO attainment ({slo_text} ms): capacity is at least "
+            f"{capacity.highest_rate:g} req/s; try higher rates."
+        )
+    return (
+        f"Highest rate with at least {target:.0%} SLO attainment ({slo_text} ms): {capacity.highest_rate:g} req/s "
+        f"(interpolated crossing: {capacity.interpolated_rate:.2f} req/s)"
+    )
