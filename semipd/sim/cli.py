@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ def build_workload(args: argparse.Namespace) -> tuple[list[WorkloadRequest], dic
 def run(args: argparse.Namespace) -> int:
     from semipd.sim.runner import SimConfig, parse_policy, run_policy
 
-    out, err = Console(), Console(stderr=True)
+    out, err = Console(width=None if sys.stdout.isatty() else 132), Console(stderr=True)
     try:
         get_perf_model(args.perf_model)
         specs = list(args.policies or DEFAULT_POLICIES)
@@ -148,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
             progress.update(task, completed=1.0)
             results.append(result)
     summaries = {spec: r.summary(slo) for spec, r in zip(specs, results, strict=True)}
-    out.print(policy_table(summaries, slo, title=f"{len(workload)} requests, SLO p{args.slo_percentile:g}: "
-                                                 f"TTFT {args.slo_ttft_ms:g} ms, TPOT {args.slo_tpot_ms:g} ms"))
+    out.print(policy_table(summaries, slo, title=f"{len(workload)} requests; SLO met = TTFT <= {args.slo_ttft_ms:g} ms "
+                                                 f"and TPOT <= {args.slo_tpot_ms:g} ms"))
     out.print(f"simulated in {time.perf_counter() - start:.1f} s")
 
     if args.output_json is not None:

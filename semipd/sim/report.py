@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.table import Table
 
 from semipd.slo.constraints import SLOConstraints
@@ -28,18 +29,18 @@ class PlotUnavailableError(RuntimeError):
 
 
 def policy_table(summaries: Mapping[str, Mapping[str, Any]], slo: SLOConstraints, title: str | None = None) -> Table:
-    """One row per policy: SLO attainment (both met), TTFT and TPOT p50/p90/p99, throughput,
-    goodput and reallocations. The best attainment is highlighted."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("policy", style="bold")
-    table.add_column(f"SLO met\n(TTFT<={slo.ttft_target_ms:g} ms,\nTPOT<={slo.tpot_target_ms:g} ms)", justify="right")
-    table.add_column("TTFT ms\np50 / p90 / p99", justify="right")
-    table.add_column("TPOT ms\np50 / p90 / p99", justify="right")
+    """One row per policy: SLO attainment (both targets met), TTFT and TPOT p50/p90/p99,
+    throughput, goodput and reallocations. The best attainment is highlighted."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("policy", style="bold", no_wrap=True)
+    table.add_column("SLO\nmet", justify="right")
+    table.add_column("TTFT ms\np50/p90/p99", justify="right", no_wrap=True)
+    table.add_column("TPOT ms\np50/p90/p99", justify="right", no_wrap=True)
     table.add_column("req/s", justify="right")
-    table.add_column("out tok/s", justify="right")
+    table.add_column("out\ntok/s", justify="right")
     table.add_column("goodput\nreq/s", justify="right")
-    table.add_column("realloc", justify="right")
-    table.add_column("aborted /\npreempted", justify="right")
+    table.add_column("re-\nalloc", justify="right")
+    table.add_column("aborted/\npreempted", justify="right")
     best = max((s["slo_attainment"] for s in summaries.values()), default=None)
     for name, s in summaries.items():
         attained = f"{s['slo_attainment']:.1%}"
@@ -115,7 +116,7 @@ def plot_timelines(results: Sequence[SimResult], slo: SLOConstraints, path: str 
 
 
 def _triple(summary: Mapping[str, Any], metric: str) -> str:
-    return " / ".join(_ms(summary[f"{metric}_{p}_ms"]) for p in ("p50", "p90", "p99"))
+    return "/".join(_ms(summary[f"{metric}_{p}_ms"]) for p in ("p50", "p90", "p99"))
 
 
 def _ms(value: float) -> str:
