@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from semipd.sim.perf_model import get_perf_model, known_perf_models
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                            initial_prefill_percentage=args.initial_prefill, seed=args.seed)
         workload, workload_info = build_workload(args)
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         return 2
 
     out.print(f"workload: {workload_info['num_requests']} requests over {workload_info['duration_s']:.0f} s "
@@ -163,10 +164,11 @@ def run(args: argparse.Namespace) -> int:
         out.print(f"wrote {args.output_json}")
     if args.plot is not None:
         try:
-            plot_timelines(results, slo, args.plot, title=f"{workload_info['source']} workload")
+            plot_timelines(results, slo, args.plot, title=f"{workload_info['source']} workload",
+                           percentile=95 if args.slo_percentile >= 95 else 90)
             out.print(f"wrote {args.plot}")
         except PlotUnavailableError as exc:
-            err.print(f"[red]error:[/] {exc}")
+            err.print(f"[red]error:[/] {escape(str(exc))}")
             return 1
     return 0
 

@@ -10,10 +10,12 @@ only the base install (the plot needs matplotlib, `pip install -e ".[plot]"`).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--monitoring-interval", type=float, default=5.0, help="seconds between controller cycles")
     parser.add_argument("--predictor", default="heuristic",
                         help="SLO predictor: heuristic (the seed's), paper (Eq. 1-4 fitted online), profile")
-    parser.add_argument("--request-rate", type=float, default=14.0, help="arrivals per second")
+    parser.add_argument("--request-rate", type=float, default=18.0, help="arrivals per second")
     parser.add_argument("--plot", default="semipd_demo.png", metavar="PATH", help="timeline plot ('' to skip)")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -51,7 +53,7 @@ def demo_workload(duration: float, rate: float, seed: int) -> list[WorkloadReque
 def run(args: argparse.Namespace) -> int:
     from semipd.sim.runner import SimConfig, run_policy
 
-    out, err = Console(), Console(stderr=True)
+    out, err = Console(width=None if sys.stdout.isatty() else 100), Console(stderr=True)
     try:
         perf = get_perf_model(args.model_path)
         if args.simulation_cycles < 1:
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         adaptive = f"slo:{args.predictor}"
         static = f"static:{args.initial_prefill_sm:g}/{args.initial_decode_sm:g}"
     except ValueError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         return 2
 
     out.print(f"[bold]Semi-PD SLO-aware demo[/] on a simulated GPU ({perf.name}, {perf.total_sms} SMs)")
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         def on_cycle(record: CycleRecord) -> None:
             cycles.append(record)
             if len(cycles) <= args.simulation_cycles:
-                progress.console.print(_cycle_row(len(cycles), record), highlight=False)
+                out.print(_cycle_row(len(cycles), record), highlight=False)
 
         result = run_policy(workload, adaptive, config, on_progress=lambda f: progress.update(task, completed=f),
                             on_cycle=on_cycle)
@@ -102,10 +104,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             path = plot_timelines([result, baseline], slo, args.plot,
                                   title=f"SLO-aware controller vs static {args.initial_prefill_sm:g}/"
-                                        f"{args.initial_decode_sm:g}, {perf.name}")
+                                        f"{args.initial_decode_sm:g}, {perf.name}", percentile=95)
             out.print(f"plot written to {path}")
         except PlotUnavailableError:
-            out.print(f"plot skipped: matplotlib is not installed (enable with: {PLOT_HINT})")
+            out.print(f"plot skipped: matplotlib is not installed (enable with: {PLOT_HINT})", markup=False)
     return 0
 
 
@@ -116,7 +118,9 @@ def _cycle_header() -> str:
 
 def _cycle_row(n: int, c: CycleRecord) -> str:
     violations = ", ".join(f"{k} x{v:.2f}" for k, v in sorted(c.violations.items())) or "-"
-    action = c.action if c.action == "keep" else f"[bold yellow]{c.action}[/]"
+    action = re.sub(r"\d+\.\d+", lambda m: f"{float(m.group()):.0f}", c.action)  # 72.7273/27.2727 -> 73/27
+    if c.action not in ("keep", "hold"):
+        action = f"[bold yellow]{action}[/]"
     ttft = f"[red]{c.ttft_p95_ms:9.1f}[/]" if "ttft" in c.violations else f"{c.ttft_p95_ms:9.1f}"
     tpot = f"[red]{c.tpot_p95_ms:9.1f}[/]" if "tpot" in c.violations else f"{c.tpot_p95_ms:9.1f}"
     split = f"{c.prefill_percentage:.0f}/{c.decode_percentage:.0f}"
@@ -139,7 +143,7 @@ def _statistics_table(status: dict[str, Any] | None) -> Table:
 def _effect_table(result: SimResult, baseline: SimResult, slo: SLOConstraints, duration: float) -> Table:
     """SLO attainment before the first adjustment, after the last one, and overall, with the
     static starting split on the same requests for comparison."""
-    moves = [c.time for c in result.timeline if c.action != "keep"]
+    moves = [c.time for c in result.timeline if "->" in c.action]
     first, last = (moves[0], moves[-1]) if moves else (duration, duration)
     table = Table(title="effect: requests meeting both SLOs", title_justify="left")
     table.add_column("requests arriving")

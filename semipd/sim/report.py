@@ -69,9 +69,12 @@ def attainment_between(result: SimResult, slo: SLOConstraints, start: float, end
 
 
 def plot_timelines(results: Sequence[SimResult], slo: SLOConstraints, path: str | Path,
-                   title: str | None = None) -> Path:
-    """Write a PNG of the policies' timelines: prefill SM share, windowed P90 TTFT and TPOT
-    against their targets, and the load (arrival rate, prefill queue). One line per policy."""
+                   title: str | None = None, percentile: int = 90) -> Path:
+    """Write a PNG of the policies' timelines: prefill SM share, windowed TTFT and TPOT
+    (`percentile` 90 or 95) against their targets, and the load (arrival rate, prefill
+    queue). One line per policy; windows without samples leave gaps."""
+    if percentile not in (90, 95):
+        raise ValueError(f"percentile must be 90 or 95, got {percentile}")
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -86,8 +89,8 @@ def plot_timelines(results: Sequence[SimResult], slo: SLOConstraints, path: str 
         t = [c.time for c in result.timeline]
         style = {"color": color, "label": result.policy, "linewidth": 1.5}
         ax_alloc.step(t, [c.prefill_percentage for c in result.timeline], where="post", **style)
-        ax_ttft.plot(t, [c.ttft_p90_ms for c in result.timeline], **style)
-        ax_tpot.plot(t, [c.tpot_p90_ms for c in result.timeline], **style)
+        ax_ttft.plot(t, [_gap(getattr(c, f"ttft_p{percentile}_ms")) for c in result.timeline], **style)
+        ax_tpot.plot(t, [_gap(getattr(c, f"tpot_p{percentile}_ms")) for c in result.timeline], **style)
         ax_queue.plot(t, [c.num_waiting_prefill for c in result.timeline], **style)
         if i == 0:
             ax_rate.plot(t, [c.arrival_rate for c in result.timeline], color="black", linewidth=1.5)
@@ -95,8 +98,8 @@ def plot_timelines(results: Sequence[SimResult], slo: SLOConstraints, path: str 
     ax_tpot.axhline(slo.tpot_target_ms, color="red", linestyle="--", linewidth=1, label="target")
     ax_alloc.set_ylabel("prefill SMs (%)")
     ax_alloc.set_ylim(0, 105)
-    ax_ttft.set_ylabel("TTFT p90 (ms)")
-    ax_tpot.set_ylabel("TPOT p90 (ms)")
+    ax_ttft.set_ylabel(f"TTFT p{percentile} (ms)")
+    ax_tpot.set_ylabel(f"TPOT p{percentile} (ms)")
     ax_rate.set_ylabel("arrivals (req/s)")
     ax_queue.set_ylabel("waiting for prefill")
     ax_queue.set_xlabel("time (s)")
@@ -113,6 +116,11 @@ def plot_timelines(results: Sequence[SimResult], slo: SLOConstraints, path: str 
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
+
+
+def _gap(value_ms: float) -> float:
+    """A window without samples reports 0: plot it as a gap."""
+    return value_ms if value_ms > 0 else float("nan")
 
 
 def _triple(summary: Mapping[str, Any], metric: str) -> str:
