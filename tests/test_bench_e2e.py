@@ -3,7 +3,8 @@
 The server (aiohttp, its own thread and event loop, 127.0.0.1, a free port) streams
 `max_tokens` chunks: the first after `ttft` seconds, the rest `itl` apart, then a finish
 chunk, a usage chunk and ``[DONE]``. Every `fail_every`-th request gets HTTP 500 and every
-`break_every`-th one an error chunk mid-stream.
+`break_every`-th one an error chunk mid-stream; every `cut_every`-th stream ends after one
+token without ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ ITL = 0.02
 
 
 class FakeServer:
-    def __init__(self, fail_every: int = 0, break_every: int = 0) -> None:
+    def __init__(self, fail_every: int = 0, break_every: int = 0, cut_every: int = 0) -> None:
         self.fail_every = fail_every
         self.break_every = break_every
+        self.cut_every = cut_every
         self.payloads: list[dict] = []
         self.active = 0
         self.max_active = 0
@@ -99,6 +101,8 @@ class FakeServer:
                 if self.break_every and n % self.break_every == 0 and i == 1:
                     await send({"error": {"message": "injected stream error", "code": 500}})
                     return resp
+                if self.cut_every and n % self.cut_every == 0 and i == 1:
+                    return resp
                 await send({"choices": [choice(f" t{i}")]})
             await send({"choices": [choice("", "length")]})
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": body["max_tokens"],
@@ -159,13 +163,13 @@ def test_concurrency_limit_is_respected(server: FakeServer) -> None:
 
 
 def test_chat_stream_and_mid_stream_errors() -> None:
-    srv = FakeServer(break_every=3).start()
+    srv = FakeServer(break_every=3, cut_every=4).start()
     try:
         records = _run(srv, n=6, output_len=4, chat=True).records
     finally:
         srv.stop()
-    broken = [r for r in records if not r.success]
-    assert len(broken) == 2 and all(r.error == "server error in stream: injected stream error" for r in broken)
+    errors = sorted(r.error for r in records if not r.success)
+    assert errors == ["server error in stream: injected stream error"] * 2 + ["stream ended before [DONE]"]
     for r in (r for r in records if r.success):
         assert r.ttft >= TTFT  # the empty role chunk sent at once is not the first token
         assert r.output_tokens == 4 and len(r.itls) == 3

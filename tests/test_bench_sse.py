@@ -86,7 +86,8 @@ def test_stream_timings_ignore_empty_chunks() -> None:
         timings.on_data(json.dumps(chunk), t)
     assert not timings.done
     timings.on_data("[DONE]", 0.111)
-    assert timings.done and not timings.error
+    timings.on_data(json.dumps(CHAT_CHUNKS[1]), 0.2)  # after [DONE]: ignored
+    assert timings.done and timings.end == 0.111 and not timings.error
     assert timings.ttft == pytest.approx(0.050)  # the role chunk at 10 ms is not the first token
     assert timings.itls == pytest.approx([0.020, 0.030])
     assert timings.chunks == 3

@@ -107,13 +107,20 @@ class StreamTimings:
     chunks: int = 0
     completion_tokens: int | None = None
     prompt_tokens: int | None = None
-    done: bool = False
+    end: float | None = None
+    """When ``[DONE]`` arrived; anything after it is ignored."""
     error: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.end is not None
 
     def on_data(self, data: str, elapsed: float) -> None:
         """One SSE payload that arrived `elapsed` seconds after the send."""
+        if self.done:
+            return
         if data.strip() == "[DONE]":
-            self.done = True
+            self.end = elapsed
             return
         chunk = parse_chunk(json.loads(data))
         if chunk.error:
@@ -150,12 +157,13 @@ async def send_request(
             if resp.status != 200:
                 stream.error = f"HTTP {resp.status}: {(await resp.text())[:_ERROR_BODY_CHARS]}"
             else:
+                # Read to the end of the body even after [DONE] so the connection can be reused.
                 decoder = SSEDecoder()
                 async for raw in resp.content.iter_any():
                     elapsed = clock.now() - sent
                     for data in decoder.feed(raw):
                         stream.on_data(data, elapsed)
-                    if stream.done or stream.error:
+                    if stream.error:
                         break
                 else:
                     for data in decoder.flush():
@@ -164,7 +172,7 @@ async def send_request(
                     stream.error = "stream ended before [DONE]"
     except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         stream.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    latency = clock.now() - sent
+    latency = stream.end if stream.end is not None else clock.now() - sent
     if not stream.error and stream.ttft is None:
         stream.error = "stream carried no content"
     return RequestRecord(

@@ -62,7 +62,9 @@ def format_summary(summary: BenchSummary, max_concurrency: int | None = None) ->
             lines.append(_line(f"{short} (ms):", "n/a (no samples)"))
             continue
         lines += [_line(f"Mean {short} (ms):", f"{st.mean:.2f}"), _line(f"Median {short} (ms):", f"{st.median:.2f}")]
-        lines += [_line(f"{percentile_label(p).upper()} {short} (ms):", f"{v:.2f}") for p, v in st.percentiles]
+        # The median line already shows p50; the JSON keeps both.
+        lines += [_line(f"{percentile_label(p).upper()} {short} (ms):", f"{v:.2f}")
+                  for p, v in st.percentiles if p != 50]
     lines.append(_rule(""))
     return "\n".join(lines)
 
