@@ -69,6 +69,7 @@ def make_paged_batch(
     if num_heads % num_kv_heads:
         raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
     gen = torch.Generator().manual_seed(seed)
+    values_gen = torch.Generator(device=device).manual_seed(seed)
     blocks_per_seq = [-(-s // block_size) for s in seq_lens]
     num_blocks = sum(blocks_per_seq) + spare_blocks
     pool = torch.randperm(num_blocks, generator=gen)
@@ -80,7 +81,7 @@ def make_paged_batch(
         used += n
 
     def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen).to(dtype)
+        return torch.randn(*shape, generator=values_gen, device=device).to(dtype)
 
     cache_shape = (num_blocks, block_size, num_kv_heads, head_dim)
     k_cache, v_cache = rand(*cache_shape), rand(*cache_shape)  # prefix (and garbage elsewhere)
@@ -92,11 +93,11 @@ def make_paged_batch(
     cu = torch.zeros(len(q_lens) + 1, dtype=torch.int32)
     cu[1:] = torch.cumsum(torch.tensor(list(q_lens), dtype=torch.int64), 0).to(torch.int32)
     return PagedBatch(
-        q=rand(total, num_heads, head_dim).to(device),
-        k=rand(total, num_kv_heads, head_dim).to(device),
-        v=rand(total, num_kv_heads, head_dim).to(device),
-        k_cache=k_cache.to(device),
-        v_cache=v_cache.to(device),
+        q=rand(total, num_heads, head_dim),
+        k=rand(total, num_kv_heads, head_dim),
+        v=rand(total, num_kv_heads, head_dim),
+        k_cache=k_cache,
+        v_cache=v_cache,
         slot_mapping=(torch.cat(new_slots) if new_slots else torch.zeros(0, dtype=torch.int64)).to(device),
         block_tables=block_tables.to(device),
         seq_lens=torch.tensor(list(seq_lens), dtype=torch.int32).to(device),

@@ -251,7 +251,15 @@ def decode_attention_triton(
     )
     if splits > 1:
         _decode_stage2[(batch, num_heads)](
-            out, mid_o, mid_lse, out.stride(0), out.stride(1), num_heads, head_dim,
-            BLOCK_D=block_d, NUM_SPLITS=splits, num_warps=4,
+            out,
+            mid_o,
+            mid_lse,
+            out.stride(0),
+            out.stride(1),
+            num_heads,
+            head_dim,
+            BLOCK_D=block_d,
+            NUM_SPLITS=splits,
+            num_warps=4,
         )
     return out

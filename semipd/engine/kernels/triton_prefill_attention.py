@@ -140,14 +140,48 @@ def _prefill_kernel(
         full_end = ((ctx_len + pid_m * BLOCK_M) // BLOCK_N) * BLOCK_N
         for start_n in range(0, full_end, BLOCK_N):
             acc, m_i, l_i = _attend_block(
-                q, acc, m_i, l_i, k_base, v_base, bt_row, start_n, q_pos, seq_len, stride_kb, stride_ks,
-                offs_d, d_mask, qk_scale, False, PAGE, BLOCK_N, DOT_PRECISION,
+                q,
+                acc,
+                m_i,
+                l_i,
+                k_base,
+                v_base,
+                bt_row,
+                start_n,
+                q_pos,
+                seq_len,
+                stride_kb,
+                stride_ks,
+                offs_d,
+                d_mask,
+                qk_scale,
+                False,
+                PAGE,
+                BLOCK_N,
+                DOT_PRECISION,
             )
         end = tl.minimum(seq_len, ctx_len + (pid_m + 1) * BLOCK_M)
         for start_n in range(full_end, end, BLOCK_N):
             acc, m_i, l_i = _attend_block(
-                q, acc, m_i, l_i, k_base, v_base, bt_row, start_n, q_pos, seq_len, stride_kb, stride_ks,
-                offs_d, d_mask, qk_scale, True, PAGE, BLOCK_N, DOT_PRECISION,
+                q,
+                acc,
+                m_i,
+                l_i,
+                k_base,
+                v_base,
+                bt_row,
+                start_n,
+                q_pos,
+                seq_len,
+                stride_kb,
+                stride_ks,
+                offs_d,
+                d_mask,
+                qk_scale,
+                True,
+                PAGE,
+                BLOCK_N,
+                DOT_PRECISION,
             )
         l_i = tl.where(l_i > 0.0, l_i, 1.0)
         out = acc / l_i[:, None]
