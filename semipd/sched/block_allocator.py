@@ -102,7 +102,7 @@ class BlockAllocator:
         with self._lock:
             for i in range(start, len(requests)):
                 r = requests[i]
-                if len(r.block_ids) * bs < r.num_tokens:
+                if len(r.block_ids) * bs < r.num_prompt_tokens + r.num_output_tokens:  # r.num_tokens, inlined
                     if not self._free:
                         return i
                     self._take(r, 1)

@@ -95,9 +95,12 @@ class DecodeScheduler:
             for k, r in enumerate(batch.decodes):
                 if r.state is not decoding:
                     continue  # aborted while the step ran
-                r.num_computed_tokens = r.num_tokens
                 added += 1
-                reason = ops.append_and_check(r, tokens[offset + k] if tokens is not None else None, checker)
+                token = tokens[offset + k] if tokens is not None else None
+                if checker is None:  # the common case, inlined: one call per token
+                    reason = "length" if r.complete_decode_step(token) else None
+                else:
+                    reason = ops.decode_step_and_check(r, token, checker)
                 if reason is not None:
                     ops.finish(r, reason, self.allocator)
                     added -= r.num_tokens

@@ -45,6 +45,16 @@ def append_and_check(request: Request, token: int | None, stop_checker: StopChec
     return "length" if request.num_output_tokens >= request.max_tokens else None
 
 
+def decode_step_and_check(request: Request, token: int | None, stop_checker: StopChecker | None) -> str | None:
+    """`Request.complete_decode_step`, then the finish reason as in `append_and_check`."""
+    at_max = request.complete_decode_step(token)
+    if stop_checker is not None:
+        reason = stop_checker(request, token)
+        if reason is not None:
+            return reason
+    return "length" if at_max else None
+
+
 def finish(request: Request, reason: str, allocator: BlockAllocator) -> None:
     request.finish_reason = reason
     request.transition(RequestState.FINISHED)

@@ -43,7 +43,7 @@ _ALLOWED: dict[RequestState, frozenset[RequestState]] = {
 }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     """One generation request.
 
@@ -112,6 +112,16 @@ class Request:
         self.num_output_tokens += 1
         if token_id is not None:
             self.output_token_ids.append(token_id)
+
+    def complete_decode_step(self, token_id: int | None) -> bool:
+        """A decode step ran: the K/V of every token so far is cached and `token_id` (None in
+        the simulator) was sampled. Returns True when ``max_tokens`` is reached."""
+        n = self.num_output_tokens
+        self.num_computed_tokens = self.num_prompt_tokens + n
+        self.num_output_tokens = n + 1
+        if token_id is not None:
+            self.output_token_ids.append(token_id)
+        return n + 1 >= self.max_tokens
 
     @property
     def last_token_id(self) -> int:

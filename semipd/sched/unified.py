@@ -155,9 +155,8 @@ class UnifiedScheduler:
                 ti += 1
                 if r.state is not RequestState.DECODING:
                     continue
-                r.num_computed_tokens = r.num_tokens
                 added += 1
-                reason = ops.append_and_check(r, token, checker)
+                reason = ops.decode_step_and_check(r, token, checker)
                 if reason is not None:
                     ops.finish(r, reason, self.allocator)
                     added -= r.num_tokens
