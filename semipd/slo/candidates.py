@@ -1,0 +1,136 @@
+"""Allocation candidates around the current split (the seed's section 2.3).
+
+Without an `SMGrid` the candidates are the seed's: prefill and decode shares each moved
+by -2..+2 ``adjustment_step`` percent independently (so their sum may fall below 100),
+kept within the bounds. With a grid (the resource manager's ``get_status()["sm_grid"]``)
+decode always gets the SMs prefill does not take, and the candidates are the grid's
+realisable splits -2..+2 grid steps from the current one, so a backend that splits in
+8-SM steps is only ever asked for splits it can make.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from semipd.allocation import SMAllocation, SMGrid
+
+
+@dataclass(frozen=True)
+class CandidateBounds:
+    """Where candidates may lie and how far one decision may move."""
+
+    min_prefill_percentage: float = 20.0
+    """Smallest prefill share a candidate may have, percent."""
+    max_prefill_percentage: float = 80.0
+    """Largest prefill share a candidate may have, percent."""
+    min_decode_percentage: float = 20.0
+    """Smallest decode share a candidate may have, percent."""
+    max_decode_percentage: float = 80.0
+    """Largest decode share a candidate may have, percent."""
+    adjustment_step: float = 10.0
+    """One step in percent of the device (without a grid; a grid moves by its granularity)."""
+    max_steps: int = 2
+    """Candidates lie 1..max_steps steps from the current split on each axis (the seed: 2)."""
+
+    def __post_init__(self) -> None:
+        for phase in ("prefill", "decode"):
+            lo, hi = f"min_{phase}_percentage", f"max_{phase}_percentage"
+            for name in (lo, hi):
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
+                    raise ValueError(f"{name} must be a number in (0, 100], got {value!r}")
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"{lo} must be <= {hi}, got {getattr(self, lo)} > {getattr(self, hi)}")
+        step = self.adjustment_step
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 100:
+            raise ValueError(f"adjustment_step must be a number in (0, 100], got {step!r}")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+
+    def admits(self, prefill: float, decode: float) -> bool:
+        """Whether a split lies inside the bounds (a tolerance absorbs float steps)."""
+        eps = 1e-9
+        return (self.min_prefill_percentage - eps <= prefill <= self.max_prefill_percentage + eps
+                and self.min_decode_percentage - eps <= decode <= self.max_decode_percentage + eps
+                and prefill + decode <= 100 + eps)
+
+
+@dataclass(frozen=True)
+class ResourceAllocationCandidate:
+    """One split under consideration, with what the predictor expects of it.
+
+    The prediction fields are None until predicted. ``overall_score`` follows the seed:
+    ``-predicted_throughput`` when both SLOs are predicted met, else infinity.
+    ``worst_ratio`` is max(predicted TTFT / target, predicted TPOT / target).
+    """
+
+    prefill_percentage: float
+    decode_percentage: float
+    predicted_ttft: float | None = None
+    predicted_tpot: float | None = None
+    predicted_throughput: float | None = None
+    meets_slo: bool = False
+    worst_ratio: float = math.inf
+    overall_score: float = math.inf
+
+    @property
+    def allocation(self) -> SMAllocation:
+        return SMAllocation(self.prefill_percentage, self.decode_percentage)
+
+    def distance(self, other: SMAllocation) -> float:
+        """Total share moved to reach this candidate from `other`, percent."""
+        return abs(self.prefill_percentage - other.prefill_percentage) + abs(
+            self.decode_percentage - other.decode_percentage)
+
+    def as_dict(self) -> dict[str, float | bool | None]:
+        return {
+            "prefill_percentage": self.prefill_percentage,
+            "decode_percentage": self.decode_percentage,
+            "predicted_ttft": self.predicted_ttft,
+            "predicted_tpot": self.predicted_tpot,
+            "predicted_throughput": self.predicted_throughput,
+            "meets_slo": self.meets_slo,
+            "worst_ratio": self.worst_ratio,
+        }
+
+
+def generate_candidates(current: SMAllocation, bounds: CandidateBounds,
+                        grid: SMGrid | None = None) -> list[ResourceAllocationCandidate]:
+    """Neighbours of `current` within `bounds` (never `current` itself), unpredicted."""
+    if grid is not None:
+        return _grid_candidates(current, bounds, grid)
+    deltas = range(-bounds.max_steps, bounds.max_steps + 1)
+    candidates = []
+    for prefill_delta in deltas:
+        for decode_delta in deltas:
+            if prefill_delta == 0 and decode_delta == 0:
+                continue
+            prefill = current.prefill_percentage + prefill_delta * bounds.adjustment_step
+            decode = current.decode_percentage + decode_delta * bounds.adjustment_step
+            if bounds.admits(prefill, decode):
+                candidates.append(ResourceAllocationCandidate(prefill, min(decode, 100.0 - prefill)))
+    return candidates
+
+
+def _grid_candidates(current: SMAllocation, bounds: CandidateBounds,
+                     grid: SMGrid) -> list[ResourceAllocationCandidate]:
+    choices = grid.prefill_sm_choices()
+    nearest = grid.nearest(current)
+    here = choices.index(grid.prefill_sms(nearest))
+    # An off-grid current split (set before the grid was known) also gets its nearest realisable one.
+    off_grid = not _same(nearest, current)
+    candidates = []
+    for delta in range(-bounds.max_steps, bounds.max_steps + 1):
+        index = here + delta
+        if (delta == 0 and not off_grid) or not 0 <= index < len(choices):
+            continue
+        alloc = grid.allocation(choices[index])
+        if bounds.admits(alloc.prefill_percentage, alloc.decode_percentage):
+            candidates.append(ResourceAllocationCandidate(alloc.prefill_percentage, alloc.decode_percentage))
+    return candidates
+
+
+def _same(a: SMAllocation, b: SMAllocation) -> bool:
+    return (abs(a.prefill_percentage - b.prefill_percentage) < 1e-6
+            and abs(a.decode_percentage - b.decode_percentage) < 1e-6)

@@ -1,0 +1,241 @@
+"""`SLOAwareResourceController`: the monitoring loop around the SLO algorithm (the seed's section 3).
+
+Each cycle (`step`) reads the resource manager's status (current split and, when it has
+one, its `SMGrid`), reads the metrics window, and either holds, keeps or asks for a new
+split. `start_monitoring` runs cycles every ``monitoring_interval`` seconds on a daemon
+thread; the simulator calls `step(now)` itself on virtual time.
+
+Stale samples after a move. A window read right after a reallocation still holds
+samples produced under the previous split; acting on it would judge the new split by
+the old one's latencies and overcorrect. After a successful reallocation the controller
+therefore holds (does not evaluate, and does not teach the predictor) until
+``cooldown_seconds`` have passed and, with ``settle_on_window`` (default), until a whole
+window - its length as the metrics report it, ``window_end_time - window_start_time`` -
+has passed, so every sample the next decision uses was produced under the new split.
+Durations are compared, not timestamps, so the collector may run on another clock.
+
+Faults. A metrics source or status call that raises, an algorithm error, and a
+reallocation request that returns False or raises are each logged, counted and recorded
+as a decision; the allocation stays as it was and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any, Protocol
+
+from semipd.allocation import ResourceManager, SMAllocation, SMGrid
+from semipd.clock import Clock, RealClock
+from semipd.metrics.aggregated import AggregatedMetrics
+from semipd.slo.algorithm import SLOAlgorithm
+from semipd.slo.candidates import CandidateBounds
+from semipd.slo.constraints import SLOConstraints
+from semipd.slo.decision import Decision
+from semipd.slo.predictors import Predictor
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsSource(Protocol):
+    """Anything that returns the current window (a `SemiPDMetricsCollector`, a `MetricsAggregator`, a fake)."""
+
+    def get_current_window_metrics(self) -> AggregatedMetrics: ...
+
+
+class SLOAwareResourceController:
+    """Moves SMs between prefill and decode to keep TTFT and TPOT within their SLOs.
+
+    `process_rotation_manager` is any `ResourceManager`. `predictor` is a registered
+    predictor name or a `Predictor`; `predictor_options` go to its constructor.
+    `min_samples` TTFT (resp. TPOT) samples are needed in the window before that SLO is
+    judged. `clock` (default `RealClock`) times cycles and cooldowns. The last
+    `decision_log_size` decisions are kept. `candidate_bounds`, `queue_min_waiting`,
+    `min_improvement` and `monotone_moves` configure the `SLOAlgorithm` (``controller.slo_algorithm``).
+    """
+
+    def __init__(self, slo_constraints: SLOConstraints, metrics_collector: MetricsSource,
+                 process_rotation_manager: ResourceManager, monitoring_interval: float = 10.0,
+                 predictor: str | Predictor = "heuristic", cooldown_seconds: float = 10.0, min_samples: int = 10,
+                 clock: Clock | None = None, decision_log_size: int = 100, settle_on_window: bool = True,
+                 candidate_bounds: CandidateBounds | None = None, queue_min_waiting: int | None = 8,
+                 min_improvement: float = 0.05, predictor_options: dict[str, Any] | None = None,
+                 monotone_moves: bool = True) -> None:
+        if not (isinstance(monitoring_interval, (int, float)) and monitoring_interval > 0):
+            raise ValueError(f"monitoring_interval must be > 0, got {monitoring_interval!r}")
+        if not (isinstance(cooldown_seconds, (int, float)) and cooldown_seconds >= 0):
+            raise ValueError(f"cooldown_seconds must be >= 0, got {cooldown_seconds!r}")
+        if isinstance(decision_log_size, bool) or not isinstance(decision_log_size, int) or decision_log_size < 1:
+            raise ValueError(f"decision_log_size must be an integer >= 1, got {decision_log_size!r}")
+        self.slo_constraints = slo_constraints
+        self.metrics_collector = metrics_collector
+        self.process_rotation_manager = process_rotation_manager
+        self.monitoring_interval = float(monitoring_interval)
+        self.cooldown_seconds = float(cooldown_seconds)
+        self.settle_on_window = settle_on_window
+        self.clock: Clock = clock or RealClock()
+        self.slo_algorithm = SLOAlgorithm(slo_constraints, predictor, candidate_bounds, min_samples,
+                                          queue_min_waiting, min_improvement, predictor_options, monotone_moves)
+        self._decisions: deque[Decision] = deque(maxlen=decision_log_size)
+        self._stats = dict.fromkeys(("total_decisions", "total_adjustments", "successful_adjustments",
+                                     "failed_adjustments", "errors", "status_errors", "metrics_errors",
+                                     "algorithm_errors", "reallocation_errors"), 0)
+        self._last_adjustment_time: float | None = None
+        self._current_allocation: SMAllocation | None = None
+        self._step_lock = threading.Lock()  # one cycle at a time
+        self._state_lock = threading.Lock()  # stats and log, held briefly
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- loop ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start_monitoring(self) -> None:
+        """Run `step` every ``monitoring_interval`` seconds on a daemon thread (no-op if running)."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._monitoring_loop, name="semipd-slo-controller", daemon=True)
+        self._thread.start()
+        logger.info("SLO controller started (interval %.3gs, predictor %s)", self.monitoring_interval,
+                    self.slo_algorithm.predictor.name)
+
+    def stop_monitoring(self) -> None:
+        """Stop the loop; returns within one interval (plus a cycle in progress)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.monitoring_interval)
+        self._thread = None
+        logger.info("SLO controller stopped")
+
+    def _monitoring_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # step records its own faults; this guards the clock and the log
+                logger.exception("SLO controller cycle failed")
+                with self._state_lock:
+                    self._stats["errors"] += 1
+            self._stop.wait(self.monitoring_interval)
+
+    # -- one cycle ------------------------------------------------------------------------------
+
+    def step(self, now: float | None = None) -> Decision:
+        """Run one cycle at `now` (default: the clock) and return its decision."""
+        with self._step_lock:
+            now = self.clock.now() if now is None else float(now)
+            decision = self._decide(now)
+            with self._state_lock:
+                self._stats["total_decisions"] += 1
+                self._decisions.append(decision)
+            return decision
+
+    def _fault(self, now: float, kind: str, what: str, exc: BaseException,
+               allocation: SMAllocation | None = None) -> Decision:
+        logger.warning("SLO controller: %s failed: %r", what, exc, exc_info=exc)
+        with self._state_lock:
+            self._stats["errors"] += 1
+            self._stats[f"{kind}_errors"] += 1
+        return Decision(now, "error", f"{what} failed", allocation=allocation, error=repr(exc))
+
+    def _decide(self, now: float) -> Decision:
+        try:
+            status = self.process_rotation_manager.get_status()
+            current = status["current_sm_allocation"]
+            allocation = SMAllocation(current["prefill_percentage"], current["decode_percentage"])
+            grid = SMGrid(**status["sm_grid"]) if status.get("sm_grid") else None
+        except Exception as exc:
+            return self._fault(now, "status", "reading the resource manager's status", exc)
+        self._current_allocation = allocation
+        try:
+            metrics = self.metrics_collector.get_current_window_metrics()
+        except Exception as exc:
+            return self._fault(now, "metrics", "reading the metrics window", exc, allocation)
+
+        algorithm = self.slo_algorithm
+        hold_reason = self._hold_reason(now, metrics)
+        if hold_reason is not None:
+            observation = algorithm.observe(metrics, allocation)
+            return Decision(now, "hold", hold_reason, allocation, observation.summary(),
+                            algorithm.detect_slo_violations(observation))
+        try:
+            evaluation = algorithm.evaluate(metrics, allocation, grid)
+        except Exception as exc:
+            return self._fault(now, "algorithm", "evaluating the window", exc, allocation)
+
+        record = dict(allocation=allocation, observed=evaluation.observation.summary(),
+                      violations=evaluation.violations, current=evaluation.current,
+                      candidates=evaluation.candidates)
+        choice = evaluation.choice
+        if choice is None:
+            return Decision(now, "keep", evaluation.reason, **record)
+        return self._reallocate(now, choice, evaluation.reason, record)
+
+    def _hold_reason(self, now: float, metrics: AggregatedMetrics) -> str | None:
+        if self._last_adjustment_time is None:
+            return None
+        elapsed = now - self._last_adjustment_time
+        if elapsed < self.cooldown_seconds:
+            return f"cooldown: {elapsed:.3g}s since the last adjustment (< {self.cooldown_seconds:.3g}s)"
+        window = metrics.window_end_time - metrics.window_start_time
+        if self.settle_on_window and elapsed < window:
+            return (f"settling: the {window:.3g}s window still holds samples from before the last adjustment "
+                    f"({elapsed:.3g}s ago)")
+        return None
+
+    def _reallocate(self, now: float, choice: SMAllocation, reason: str, record: dict[str, Any]) -> Decision:
+        error = None
+        try:
+            success = bool(self.process_rotation_manager.request_sm_reallocation(choice))
+        except Exception as exc:
+            logger.warning("SLO controller: reallocation to %s raised: %r", choice, exc, exc_info=exc)
+            success, error = False, repr(exc)
+        with self._state_lock:
+            self._stats["total_adjustments"] += 1
+            self._stats["successful_adjustments" if success else "failed_adjustments"] += 1
+            if error is not None:
+                self._stats["errors"] += 1
+                self._stats["reallocation_errors"] += 1
+        if success:
+            logger.info("SLO controller: %s -> %s (%s)", record["allocation"], choice, reason)
+            self._last_adjustment_time = now
+            self._current_allocation = choice
+        else:
+            logger.warning("SLO controller: reallocation %s -> %s refused%s", record["allocation"], choice,
+                           "" if error is None else f" ({error})")
+            reason = f"{reason}; the resource manager {'raised' if error else 'refused'}"
+        return Decision(now, "adjust", reason, choice=choice, success=success, error=error, **record)
+
+    # -- introspection ------------------------------------------------------------------------
+
+    def get_recent_decisions(self, n: int | None = None) -> list[Decision]:
+        """The last `n` decisions (all kept ones by default), oldest first."""
+        with self._state_lock:
+            decisions = list(self._decisions)
+        return decisions if n is None else decisions[-n:] if n > 0 else []
+
+    def get_controller_status(self, num_decisions: int = 10) -> dict[str, Any]:
+        """The seed's status dict: ``running``, ``current_allocation``, ``slo_constraints``,
+        ``statistics`` (counts and ``success_rate``: successful / total adjustments, 0.0
+        before any) and ``recent_decisions`` (the last `num_decisions`, as dicts)."""
+        with self._state_lock:
+            stats: dict[str, Any] = dict(self._stats)
+        total = stats["total_adjustments"]
+        stats["success_rate"] = stats["successful_adjustments"] / total if total else 0.0
+        allocation = self._current_allocation
+        return {
+            "running": self.running,
+            "current_allocation": None if allocation is None else allocation.as_dict(),
+            "slo_constraints": self.slo_constraints.as_dict(),
+            "predictor": self.slo_algorithm.predictor.describe(),
+            "monitoring_interval": self.monitoring_interval,
+            "cooldown_seconds": self.cooldown_seconds,
+            "last_adjustment_time": self._last_adjustment_time,
+            "statistics": stats,
+            "recent_decisions": [d.as_dict() for d in self.get_recent_decisions(num_decisions)],
+        }

@@ -1,0 +1,300 @@
+"""SLOAwareResourceController: cycles, cooldown, statistics, decision log, faults, the thread."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from semipd.allocation import InMemoryResourceManager, SMAllocation, SMGrid
+from semipd.clock import VirtualClock
+from semipd.metrics.aggregated import AggregatedMetrics
+from semipd.slo import SLOAwareResourceController, SLOConstraints
+
+
+class FakeMetrics:
+    """Returns the window it is given; raises while `fail` is set."""
+
+    def __init__(self, metrics: AggregatedMetrics) -> None:
+        self.metrics = metrics
+        self.fail = False
+        self.calls = 0
+
+    def get_current_window_metrics(self) -> AggregatedMetrics:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("metrics source down")
+        return self.metrics
+
+
+class FlakyManager(InMemoryResourceManager):
+    """Refuses (``mode="refuse"``) or raises (``mode="raise"``) reallocations; status can raise too."""
+
+    def __init__(self, *args: object, mode: str = "ok", **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.mode = mode
+        self.status_fails = False
+
+    def get_status(self) -> dict:
+        if self.status_fails:
+            raise ConnectionError("manager unreachable")
+        return super().get_status()
+
+    def request_sm_reallocation(self, new_allocation: SMAllocation) -> bool:
+        if self.mode == "refuse":
+            return False
+        if self.mode == "raise":
+            raise RuntimeError("rotation failed")
+        return super().request_sm_reallocation(new_allocation)
+
+
+def window(ttft: float = 50.0, tpot: float = 20.0, n: int = 20, span: float = 30.0) -> AggregatedMetrics:
+    return AggregatedMetrics(window_start_time=0.0, window_end_time=span, request_throughput=10.0,
+                             request_arrival_rate=10.0, ttft_samples=np.full(n, ttft), tpot_samples=np.full(n, tpot))
+
+
+TPOT_BAD = window(ttft=40.0, tpot=90.0)  # decode starved
+START = SMAllocation(70, 30)
+
+
+def controller(metrics: AggregatedMetrics = TPOT_BAD, manager: InMemoryResourceManager | None = None,
+               **kwargs: object) -> tuple[SLOAwareResourceController, FakeMetrics, InMemoryResourceManager]:
+    source = FakeMetrics(metrics)
+    manager = manager or InMemoryResourceManager(START)
+    kwargs.setdefault("clock", VirtualClock())
+    ctrl = SLOAwareResourceController(SLOConstraints(), source, manager, **kwargs)  # type: ignore[arg-type]
+    return ctrl, source, manager
+
+
+def test_status_before_any_cycle() -> None:
+    ctrl, _, _ = controller()
+    status = ctrl.get_controller_status()
+    assert status["running"] is False
+    assert status["slo_constraints"] == SLOConstraints().as_dict()
+    stats = status["statistics"]
+    for key in ("total_adjustments", "successful_adjustments", "failed_adjustments", "total_decisions", "errors"):
+        assert stats[key] == 0
+    assert stats["success_rate"] == 0.0
+    assert status["recent_decisions"] == []
+    assert ctrl.slo_algorithm.predictor.name == "heuristic"
+
+
+def test_violation_adjusts_and_is_recorded() -> None:
+    ctrl, _, manager = controller()
+    decision = ctrl.step(now=100.0)
+    assert decision.action == "adjust" and decision.success is True
+    assert decision.time == 100.0 and decision.allocation == START
+    assert decision.violations.keys() == {"tpot"}
+    assert decision.choice is not None and decision.choice.decode_percentage > 30
+    assert decision.candidates and all(c.predicted_tpot is not None for c in decision.candidates)
+    assert decision.observed["tpot_ms"] == pytest.approx(90.0)
+    assert manager.history == [START, decision.choice]
+    status = ctrl.get_controller_status()
+    assert status["current_allocation"] == decision.choice.as_dict()
+    assert status["statistics"]["successful_adjustments"] == 1 and status["statistics"]["success_rate"] == 1.0
+    assert status["last_adjustment_time"] == 100.0
+    json.dumps(status)  # the status page serialises it
+    assert status["recent_decisions"][-1]["label"] == f"{START} -> {decision.choice}"
+
+
+def test_cooldown_then_settling_window() -> None:
+    ctrl, _, manager = controller(cooldown_seconds=10.0)
+    assert ctrl.step(now=0.0).action == "adjust"
+    held = ctrl.step(now=5.0)
+    assert held.action == "hold" and "cooldown" in held.reason and held.violations  # still observed, not acted on
+    settling = ctrl.step(now=20.0)  # past the cooldown, but the 30 s window began before the move
+    assert settling.action == "hold" and "settling" in settling.reason
+    assert ctrl.step(now=30.0).action == "adjust"  # the window now holds only the new split's samples
+    assert len(manager.history) == 3
+
+
+def test_without_window_settling_only_the_cooldown_holds() -> None:
+    ctrl, _, _ = controller(cooldown_seconds=10.0, settle_on_window=False)
+    ctrl.step(now=0.0)
+    assert ctrl.step(now=9.0).action == "hold"
+    assert ctrl.step(now=10.0).action == "adjust"
+
+
+def test_held_windows_do_not_teach_the_predictor() -> None:
+    ctrl, _, _ = controller(predictor="paper")
+    ctrl.step(now=0.0)
+    ctrl.step(now=5.0)
+    assert ctrl.slo_algorithm.predictor.describe()["tpot_points"] == 1
+
+
+def test_min_samples_gates_action() -> None:
+    ctrl, _, manager = controller(metrics=window(ttft=400.0, tpot=400.0, n=4), min_samples=5)
+    decision = ctrl.step(now=0.0)
+    assert decision.action == "keep" and decision.violations == {}
+    assert manager.history == [START]
+
+
+def test_compliant_window_keeps() -> None:
+    ctrl, _, manager = controller(metrics=window())
+    assert [ctrl.step(now=float(t)).action for t in range(5)] == ["keep"] * 5
+    assert manager.history == [START]
+
+
+def test_decision_log_is_bounded() -> None:
+    ctrl, _, _ = controller(metrics=window(), decision_log_size=3)
+    for t in range(10):
+        ctrl.step(now=float(t))
+    status = ctrl.get_controller_status()
+    assert status["statistics"]["total_decisions"] == 10
+    assert [d["time"] for d in status["recent_decisions"]] == [7.0, 8.0, 9.0]
+    assert [d.time for d in ctrl.get_recent_decisions(2)] == [8.0, 9.0]
+
+
+def test_grid_from_the_manager_status() -> None:
+    grid = SMGrid(132, 8, 8)
+    manager = InMemoryResourceManager(grid.allocation(96), sm_grid=grid)
+    ctrl, _, _ = controller(manager=manager)
+    decision = ctrl.step(now=0.0)
+    assert decision.success is True  # the in-memory manager validates against its grid
+    for c in decision.candidates:
+        grid.prefill_sms(c.allocation)
+    assert decision.choice is not None and grid.prefill_sms(decision.choice) < 96
+
+
+def test_step_without_now_reads_the_clock() -> None:
+    clock = VirtualClock(start=42.0)
+    ctrl, _, _ = controller(clock=clock)
+    assert ctrl.step().time == 42.0
+
+
+def test_profile_predictor_through_the_controller() -> None:
+    with pytest.raises(ValueError, match="needs a profile"):
+        controller(predictor="profile")
+    ctrl, _, _ = controller(predictor="profile",
+                            predictor_options={"profile": lambda a, m: (50.0, 2000.0 / a.decode_percentage, 5.0)})
+    decision = ctrl.step(now=0.0)
+    assert decision.choice is not None and 2000.0 / decision.choice.decode_percentage <= 50.0
+
+
+# -- faults ---------------------------------------------------------------------------------------
+
+def test_metrics_failure_is_logged_counted_and_survived(caplog: pytest.LogCaptureFixture) -> None:
+    ctrl, source, manager = controller()
+    source.fail = True
+    with caplog.at_level(logging.WARNING, logger="semipd.slo.controller"):
+        decision = ctrl.step(now=0.0)
+    assert decision.action == "error" and "metrics source down" in (decision.error or "")
+    assert "metrics" in caplog.text
+    stats = ctrl.get_controller_status()["statistics"]
+    assert stats["errors"] == 1 and stats["metrics_errors"] == 1
+    assert manager.history == [START]
+    source.fail = False
+    assert ctrl.step(now=1.0).action == "adjust"
+
+
+def test_refused_reallocation(caplog: pytest.LogCaptureFixture) -> None:
+    manager = FlakyManager(START, mode="refuse")
+    ctrl, _, _ = controller(manager=manager)
+    with caplog.at_level(logging.WARNING, logger="semipd.slo.controller"):
+        decision = ctrl.step(now=0.0)
+    assert decision.action == "adjust" and decision.success is False and "refused" in decision.reason
+    assert "refused" in caplog.text
+    assert manager.history == [START]
+    assert ctrl.get_controller_status()["current_allocation"] == START.as_dict()
+    again = ctrl.step(now=1.0)  # no cooldown after a failure: it tries again
+    assert again.action == "adjust" and again.success is False
+    stats = ctrl.get_controller_status()["statistics"]
+    assert stats["failed_adjustments"] == 2 and stats["successful_adjustments"] == 0
+    assert stats["success_rate"] == 0.0 and stats["errors"] == 0
+
+
+def test_raising_reallocation(caplog: pytest.LogCaptureFixture) -> None:
+    manager = FlakyManager(START, mode="raise")
+    ctrl, _, _ = controller(manager=manager)
+    with caplog.at_level(logging.WARNING, logger="semipd.slo.controller"):
+        decision = ctrl.step(now=0.0)
+    assert decision.success is False and "rotation failed" in (decision.error or "")
+    assert "rotation failed" in caplog.text
+    stats = ctrl.get_controller_status()["statistics"]
+    assert stats["failed_adjustments"] == 1 and stats["errors"] == 1 and stats["reallocation_errors"] == 1
+    assert manager.history == [START]
+    manager.mode = "ok"
+    assert ctrl.step(now=1.0).success is True
+    assert ctrl.get_controller_status()["statistics"]["success_rate"] == pytest.approx(0.5)
+
+
+def test_status_failure(caplog: pytest.LogCaptureFixture) -> None:
+    manager = FlakyManager(START)
+    manager.status_fails = True
+    ctrl, _, _ = controller(manager=manager)
+    with caplog.at_level(logging.WARNING, logger="semipd.slo.controller"):
+        decision = ctrl.step(now=0.0)
+    assert decision.action == "error" and decision.allocation is None
+    assert ctrl.get_controller_status()["statistics"]["status_errors"] == 1
+    assert "status" in caplog.text
+    manager.status_fails = False
+    assert ctrl.step(now=1.0).action == "adjust"
+
+
+def test_algorithm_failure_is_an_error_decision() -> None:
+    def broken(allocation: SMAllocation, metrics: AggregatedMetrics) -> tuple[float, float, float]:
+        raise ZeroDivisionError("bad profile")
+
+    ctrl, _, manager = controller(predictor="profile", predictor_options={"profile": broken})
+    decision = ctrl.step(now=0.0)
+    assert decision.action == "error" and "bad profile" in (decision.error or "")
+    assert ctrl.get_controller_status()["statistics"]["algorithm_errors"] == 1
+    assert manager.history == [START]
+
+
+# -- the monitoring thread ----------------------------------------------------------------------
+
+def _wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+class Alternating(FakeMetrics):
+    """Fails every other call."""
+
+    def get_current_window_metrics(self) -> AggregatedMetrics:
+        self.fail = self.calls % 2 == 1
+        return super().get_current_window_metrics()
+
+
+def test_thread_survives_faults_and_stops_promptly() -> None:
+    manager = FlakyManager(START, mode="raise")
+    source = Alternating(TPOT_BAD)
+    ctrl = SLOAwareResourceController(SLOConstraints(), source, manager, monitoring_interval=0.01)
+    ctrl.start_monitoring()
+    try:
+        assert ctrl.get_controller_status()["running"] is True
+        ctrl.start_monitoring()  # a second start is a no-op
+        assert _wait_for(lambda: ctrl.get_controller_status()["statistics"]["total_decisions"] >= 6)
+        stats = ctrl.get_controller_status()["statistics"]
+        assert stats["metrics_errors"] >= 2 and stats["reallocation_errors"] >= 2
+        assert ctrl.running
+    finally:
+        ctrl.stop_monitoring()
+    assert not ctrl.running and manager.history == [START]
+
+
+def test_stop_does_not_wait_out_a_long_interval() -> None:
+    ctrl, source, _ = controller(metrics=window(), monitoring_interval=3600.0, clock=None)
+    ctrl.start_monitoring()
+    assert _wait_for(lambda: source.calls >= 1)
+    started = time.monotonic()
+    ctrl.stop_monitoring()
+    assert time.monotonic() - started < 30.0  # an Event wait, not an hour's sleep
+    assert not ctrl.running
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"monitoring_interval": 0}, "monitoring_interval"),
+                                                ({"cooldown_seconds": -1}, "cooldown_seconds"),
+                                                ({"decision_log_size": 0}, "decision_log_size"),
+                                                ({"min_samples": 0}, "min_samples")])
+def test_validation(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        controller(**kwargs)
