@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--phased", action="store_true",
                      help="built-in workload: a prefill-heavy phase, then a decode-heavy phase")
     src.add_argument("--request-rate", type=float, default=8.0, help="synthetic arrivals per second")
-    src.add_argument("--duration", type=float, default=60.0, help="synthetic/phased workload length, seconds")
+    src.add_argument("--duration", type=float,
+                     help="workload length, seconds (default: 60 synthetic, 240 phased)")
     src.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of inter-arrival gaps (1 = Poisson)")
     src.add_argument("--input-len", default="lognormal:1155:1020",
                      help="synthetic prompt lengths: N, LO:HI (uniform) or lognormal:MEAN:MEDIAN")
@@ -100,12 +101,14 @@ def build_workload(args: argparse.Namespace) -> tuple[list[WorkloadRequest], dic
         source = {"source": "trace", "trace": str(args.trace), "time_scale": args.time_scale,
                   "trace_start_s": args.trace_start}
     elif args.phased:
-        workload = prefill_heavy_then_decode_heavy(args.duration, seed=args.seed)
-        source = {"source": "phased", "phases": "prefill-heavy, then decode-heavy", "total_duration_s": args.duration}
+        duration = args.duration if args.duration is not None else 240.0
+        workload = prefill_heavy_then_decode_heavy(duration, seed=args.seed)
+        source = {"source": "phased", "phases": "prefill-heavy, then decode-heavy", "total_duration_s": duration}
     else:
         input_len = parse_length(args.input_len, "--input-len")
         output_len = parse_length(args.output_len, "--output-len")
-        workload = synthetic_workload(args.request_rate, duration=args.duration, num_requests=args.max_requests,
+        duration = args.duration if args.duration is not None else 60.0
+        workload = synthetic_workload(args.request_rate, duration=duration, num_requests=args.max_requests,
                                       input_len=input_len, output_len=output_len, burstiness=args.burstiness,
                                       seed=args.seed)
         source = {"source": "synthetic", "request_rate": args.request_rate, "burstiness": args.burstiness,
