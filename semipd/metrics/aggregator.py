@@ -17,6 +17,7 @@ Times must come from one clock: processes on one host share ``time.monotonic`` (
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable
 
@@ -51,21 +52,22 @@ def _as_records(metrics: MetricsSource) -> list[RequestMetrics]:
 
 
 def merge_records(prefill: RequestMetrics | None, decode: RequestMetrics | None) -> RequestMetrics:
-    """Join one request's prefill-side and decode-side records (see the module docstring)."""
-    primary = prefill if prefill is not None else decode
-    if primary is None:
-        raise ValueError("merge_records needs at least one record")
-    out = RequestMetrics(primary.request_id)
-    for fields, first, second in ((PREFILL_SIDE_FIELDS, prefill, decode), (DECODE_SIDE_FIELDS, decode, prefill)):
-        for name in fields:
-            value = getattr(first, name) if first is not None else None
-            if value is None and second is not None:
-                value = getattr(second, name)
-            setattr(out, name, value)
-    out.input_length = (prefill.input_length if prefill is not None and prefill.input_length else
-                        decode.input_length if decode is not None else 0)
-    ended = next((r for r in (decode, prefill) if r is not None and r.completion_time is not None), None)
-    if ended is not None:
+    """Join one request's prefill-side and decode-side records into a new record (see the module
+    docstring). With one side only, a copy of that side's record."""
+    if prefill is None or decode is None:
+        only = prefill if prefill is not None else decode
+        if only is None:
+            raise ValueError("merge_records needs at least one record")
+        out = copy.copy(only)
+        out.handed_off = False
+    else:
+        out = RequestMetrics(prefill.request_id)
+        for fields, first, second in ((PREFILL_SIDE_FIELDS, prefill, decode), (DECODE_SIDE_FIELDS, decode, prefill)):
+            for name in fields:
+                value = getattr(first, name)
+                setattr(out, name, value if value is not None else getattr(second, name))
+        out.input_length = prefill.input_length or decode.input_length
+        ended = decode if decode.completion_time is not None else prefill
         for name in TERMINAL_FIELDS:
             setattr(out, name, getattr(ended, name))
     if out.token_times is not None:
@@ -136,14 +138,8 @@ class MetricsAggregator:
                     if prev is not None:
                         itl.append((t, t - prev))
                     prev = t
-        samples = select_window(
-            tuple(_matrix(finished, 6).T),
-            tuple(_matrix(first_tokens, 3).T),
-            np.asarray(arrivals, dtype=np.float64),
-            tuple(_matrix(itl, 2).T),
-            start,
-            end,
-        )
+        samples = select_window(_matrix(finished, 6), _matrix(first_tokens, 3),
+                                np.asarray(arrivals, dtype=np.float64), _matrix(itl, 2), start, end)
         first_arrival = min(arrivals) if arrivals else None
         return summarize(
             samples,
@@ -157,6 +153,7 @@ class MetricsAggregator:
 
 
 def _matrix(rows: list[tuple[float, ...]], num_columns: int) -> np.ndarray:
+    """Rows as a ``(num_columns, n)`` matrix, as `select_window` takes them."""
     if not rows:
-        return np.empty((0, num_columns), dtype=np.float64)
-    return np.asarray(rows, dtype=np.float64)
+        return np.empty((num_columns, 0), dtype=np.float64)
+    return np.asarray(rows, dtype=np.float64).T

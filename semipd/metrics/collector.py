@@ -106,7 +106,7 @@ class SemiPDMetricsCollector:
             self._num_waiting_prefill += 1
             self._totals["num_arrivals"] += 1
             ring = self._arrivals
-            ring.data[ring.claim(), 0] = t
+            ring.data[0, ring.claim()] = t
             if self._first_arrival is None or t < self._first_arrival:
                 self._first_arrival = t
 
@@ -138,7 +138,7 @@ class SemiPDMetricsCollector:
             self._num_waiting_prefill -= 1
             start = rec.prefill_start_time
             ring = self._first_tokens
-            ring.data[ring.claim()] = (t, t - arrival, NAN if start is None else start - arrival)
+            ring.data[:, ring.claim()] = (t, t - arrival, NAN if start is None else start - arrival)
 
     def record_token(self, rid: str, timestamp: float | None = None) -> None:
         """One streamed token after the first; the gap to the previous token is an ITL sample."""
@@ -159,7 +159,7 @@ class SemiPDMetricsCollector:
                 times.append(t)
             if prev is not None:
                 ring = self._itl
-                ring.data[ring.claim()] = (t, t - prev)
+                ring.data[:, ring.claim()] = (t, t - prev)
 
     def record_request_completion(
         self, rid: str, output_length: int, success: bool = True, timestamp: float | None = None
@@ -211,7 +211,7 @@ class SemiPDMetricsCollector:
 
     def remove_completion_listener(self, listener: CompletionListener) -> None:
         with self._lock:
-            self._listeners = tuple(fn for fn in self._listeners if fn is not listener)
+            self._listeners = tuple(fn for fn in self._listeners if fn != listener)
 
     # -- queries ----------------------------------------------------------------------------
     def get_current_window_metrics(self) -> AggregatedMetrics:
@@ -220,14 +220,7 @@ class SemiPDMetricsCollector:
             end = self._now()
             start = end - self.window_size_seconds
             fin, ft, itl = self._finished, self._first_tokens, self._itl
-            samples = select_window(
-                tuple(fin.column(k) for k in range(6)),
-                tuple(ft.column(k) for k in range(3)),
-                self._arrivals.column(0),
-                (itl.column(0), itl.column(1)),
-                start,
-                end,
-            )
+            samples = select_window(fin.view(), ft.view(), self._arrivals.view()[0], itl.view(), start, end)
             num_in_flight = len(self._in_flight)
             waiting = self._num_waiting_prefill
             truncated = not all(r.covers(start) for r in (fin, ft, self._arrivals, itl))

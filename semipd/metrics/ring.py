@@ -1,10 +1,11 @@
 """`EventRing`: a fixed-capacity ring of numeric event rows.
 
-Rows live in one preallocated ``(capacity, num_columns)`` float64 array: a push writes one row
-(one numpy assignment, no allocation) and a reader takes column views without copying. Column 0
-is the event time. Once full, a push overwrites the oldest row; the ring counts those evictions
-and remembers the latest evicted time, so a reader can tell whether the retained rows still
-cover a window (`covers`). Not thread-safe: the collector guards its rings with its own lock.
+Rows live in one preallocated ``(num_columns, capacity)`` float64 array (column-major, so each
+column is contiguous for the window masks): a push writes one row (one numpy assignment, no
+allocation) and a reader takes views without copying. Column 0 is the event time. Once full, a
+push overwrites the oldest row; the ring counts those evictions and remembers the latest evicted
+time, so a reader can tell whether the retained rows still cover a window (`covers`).
+Not thread-safe: the collector guards its rings with its own lock.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class EventRing:
         if num_columns < 1:
             raise ValueError(f"num_columns must be >= 1, got {num_columns}")
         self.capacity = capacity
-        self.data = np.zeros((capacity, num_columns), dtype=np.float64)
+        self.data = np.zeros((num_columns, capacity), dtype=np.float64)
         self.size = 0
         self.next_index = 0
         self.evicted = 0
@@ -31,10 +32,10 @@ class EventRing:
 
     def claim(self) -> int:
         """Reserve the slot for the next row and return its index; the caller writes the row
-        (``ring.data[i] = row``). Split from the write so hot paths can skip a method call."""
+        (``ring.data[:, i] = row``). Split from the write so hot paths can skip a method call."""
         i = self.next_index
         if self.size == self.capacity:
-            old = float(self.data[i, 0])
+            old = float(self.data[0, i])
             if old > self.evicted_max_time:
                 self.evicted_max_time = old
             self.evicted += 1
@@ -46,12 +47,12 @@ class EventRing:
     def push(self, row: tuple[float, ...]) -> int:
         """Write one row (one value per column) and return its slot index."""
         i = self.claim()
-        self.data[i] = row
+        self.data[:, i] = row
         return i
 
-    def column(self, k: int) -> np.ndarray:
-        """A view (no copy) of column `k` over the filled rows; its contents change on later pushes."""
-        return self.data[: self.size, k]
+    def view(self) -> np.ndarray:
+        """A ``(num_columns, size)`` view (no copy) of the filled rows; it changes on later pushes."""
+        return self.data[:, : self.size]
 
     def covers(self, start: float) -> bool:
         """True when no row with time >= `start` has been evicted."""
