@@ -112,20 +112,21 @@ def _run_once(args: argparse.Namespace) -> int:
     slos = parse_goodput(args.goodput or [])
     percentiles = parse_percentiles(args.metric_percentiles)
     metrics = parse_metric_names(args.percentile_metrics)
+    requests = _request_builder(args)(args.num_prompts)
     endpoint = _endpoint(args)
-    requests = _request_builder(args, endpoint)(args.num_prompts)
     arrivals = arrival_offsets(requests, rate, args.burstiness, arrival_rng(args.seed))
-    rate_text = "trace timestamps" if rate is None else f"{rate:g} req/s"
+    rate_text = "trace timestamps" if rate is None else f"{rate:g} req/s, burstiness {args.burstiness:g}"
     print(f"{len(requests)} {args.dataset_name} requests to {endpoint.model} at {endpoint.url}, {rate_text}, "
-          f"burstiness {args.burstiness:g}, max concurrency {args.max_concurrency or 'unlimited'}")
+          f"max concurrency {args.max_concurrency or 'unlimited'}")
     result = run_benchmark(endpoint, requests, arrivals, _run_config(args))
     summary = summarize(result.records, result.duration, slos, percentiles, metrics)
+    if args.output_json:
+        write_json(args.output_json, result_json(summary, result.records, _settings(args, endpoint)))
     print(format_summary(summary, args.max_concurrency))
     failures = format_failures(result.records)
     if failures:
         print(failures)
     if args.output_json:
-        write_json(args.output_json, result_json(summary, result.records, _settings(args, endpoint)))
         print(f"wrote {args.output_json}")
     return 0
 
@@ -144,12 +145,13 @@ def _sweep(args: argparse.Namespace) -> int:
     rates = parse_rates(args.request_rates)
     slos = parse_goodput(args.goodput)
     percentiles = parse_percentiles(args.metric_percentiles)
+    build_requests = _request_builder(args)
     endpoint = _endpoint(args)
     per_rate = f"{args.duration_per_rate:g} s" if args.duration_per_rate else f"{args.num_prompts} requests"
     print(f"sweep over {', '.join(f'{r:g}' for r in rates)} req/s, {per_rate} each, "
           f"{args.dataset_name} requests to {endpoint.model} at {endpoint.url}")
     points = run_sweep(
-        endpoint, rates, _request_builder(args, endpoint), slos, _run_config(args),
+        endpoint, rates, build_requests, slos, _run_config(args),
         seed=args.seed, burstiness=args.burstiness,
         num_prompts=None if args.duration_per_rate else args.num_prompts,
         duration_per_rate=args.duration_per_rate, percentiles=percentiles,
@@ -220,7 +222,7 @@ async def _discover_model(base_url: str, api_key: str | None) -> str:
         return await first_model(session, base_url, api_key)
 
 
-def _request_builder(args: argparse.Namespace, endpoint: Endpoint) -> Callable[[int], list[BenchRequest]]:
+def _request_builder(args: argparse.Namespace) -> Callable[[int], list[BenchRequest]]:
     """A function n -> n requests of the chosen dataset (same seed, same requests)."""
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
@@ -230,7 +232,7 @@ def _request_builder(args: argparse.Namespace, endpoint: Endpoint) -> Callable[[
             raise ValueError("--dataset-name sharegpt needs --dataset-path (a ShareGPT JSON file)")
         return lambda n: sharegpt_requests(args.dataset_path, n, dataset_rng(args.seed), counter,
                                            output_len=args.sharegpt_output_len)
-    maker = _prompt_maker(args, endpoint, counter)
+    maker = _prompt_maker(args, counter)
     if args.dataset_name == "random":
         return lambda n: random_requests(n, args.random_input_len, args.random_output_len,
                                          args.random_range_ratio, dataset_rng(args.seed), maker)
@@ -249,9 +251,10 @@ def _request_builder(args: argparse.Namespace, endpoint: Endpoint) -> Callable[[
     return from_trace
 
 
-def _prompt_maker(args: argparse.Namespace, endpoint: Endpoint, counter: TokenCounter) -> PromptMaker:
-    prompt_format = args.random_prompt_format or ("text" if endpoint.chat else "ids")
-    if endpoint.chat and prompt_format == "ids":
+def _prompt_maker(args: argparse.Namespace, counter: TokenCounter) -> PromptMaker:
+    chat = args.backend == "openai-chat"
+    prompt_format = args.random_prompt_format or ("text" if chat else "ids")
+    if chat and prompt_format == "ids":
         raise ValueError("--backend openai-chat takes text prompts: use --random-prompt-format text")
     low_text, sep, high_text = args.random_token_range.partition(":")
     try:

@@ -45,7 +45,8 @@ def plot_sweep(points: Sequence[SweepPoint], target: float, capacity: Capacity, 
             ax.plot(rates, values, "o-", label=percentile_label(pct))
         if metric in slos:
             ax.axhline(slos[metric], color="grey", linestyle="--", label="SLO")
-        ax.set(title=title, xlabel="request rate (req/s)", ylabel="ms", yscale="log")
+        ax.set(title=title, xlabel="request rate (req/s)", ylabel="ms")
+        ax.set_ylim(bottom=0)
         ax.legend()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -123,25 +123,23 @@ def run_sweep(
 
 
 def format_sweep_table(points: Sequence[SweepPoint]) -> str:
-    """One line per rate: counts, throughput, goodput, attainment, TTFT and TPOT percentiles (ms)."""
+    """One row per rate: counts, throughput, goodput, attainment, TTFT and TPOT percentiles (ms)."""
     if not points:
         return ""
     pcts = [p for p, _ in points[0].summary.metrics["ttft"].percentiles]
-    labels = "/".join(percentile_label(p) for p in pcts)
-    header = (
-        f"{'rate':>7} {'sent':>6} {'failed':>6} {'req/s':>7} {'goodput':>8} {'attain':>7}"
-        f"  TTFT {labels} (ms)".ljust(60) + f"TPOT {labels} (ms)"
-    )
-    lines = [header]
+    header = ["rate", "sent", "failed", "req/s", "goodput", "attain"]
+    header += [f"TTFT {percentile_label(p)}" for p in pcts] + [f"TPOT {percentile_label(p)}" for p in pcts]
+    rows = [header]
     for pt in points:
         s = pt.summary
-        ttft = " / ".join(f"{v:.0f}" for _, v in s.metrics["ttft"].percentiles)
-        tpot = " / ".join(f"{v:.1f}" for _, v in s.metrics["tpot"].percentiles)
-        lines.append(
-            f"{pt.rate:>7g} {s.num_requests:>6} {s.failed:>6} {s.request_throughput:>7.2f} "
-            f"{s.request_goodput or 0.0:>8.2f} {s.slo_attainment or 0.0:>7.3f}  {ttft}".ljust(60) + tpot
-        )
-    return "\n".join(lines)
+        row = [f"{pt.rate:g}", str(s.num_requests), str(s.failed), f"{s.request_throughput:.2f}",
+               f"{s.request_goodput or 0.0:.2f}", f"{s.slo_attainment or 0.0:.3f}"]
+        row += [f"{v:.1f}" for _, v in s.metrics["ttft"].percentiles]
+        row += [f"{v:.2f}" for _, v in s.metrics["tpot"].percentiles]
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines) + "\n(TTFT and TPOT in ms)"
 
 
 def format_capacity(capacity: Capacity, target: float, slos: dict[str, float]) -> str:
