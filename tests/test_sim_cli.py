@@ -134,6 +134,15 @@ def test_simulate_end_to_end(tmp_path, capsys):
         assert out_png.stat().st_size > 0
 
 
+def test_simulate_plot_without_matplotlib(tmp_path, monkeypatch, capsys):
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    argv = ["simulate", "--duration", "3", "--policy", "unified", "--plot", str(tmp_path / "p.png")]
+    assert main(argv) == 1
+    assert ".[plot]" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
+
+
 def test_demo_unknown_model(capsys):
     assert main(["demo", "--model-path", "acme/Unknown-70B"]) == 2
     err = capsys.readouterr().err
