@@ -149,9 +149,11 @@ def test_demo_unknown_model(capsys):
     assert "acme/Unknown-70B" in err and "llama-3.1-8b-h100" in err
 
 
-def test_demo_bad_split(capsys):
+def test_demo_bad_arguments(capsys):
     assert main(["demo", "--initial-prefill-sm", "70", "--initial-decode-sm", "40"]) == 2
     assert "add up to 100" in capsys.readouterr().err
+    assert main(["demo", "--predictor", "crystal-ball"]) == 2
+    assert "crystal-ball" in capsys.readouterr().err
 
 
 def test_demo_few_cycles(tmp_path, capsys):

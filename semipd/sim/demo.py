@@ -51,7 +51,7 @@ def demo_workload(duration: float, rate: float, seed: int) -> list[WorkloadReque
 
 
 def run(args: argparse.Namespace) -> int:
-    from semipd.sim.runner import SimConfig, run_policy
+    from semipd.sim.runner import SimConfig, parse_policy, run_policy
 
     out, err = Console(width=None if sys.stdout.isatty() else 100), Console(stderr=True)
     try:
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
                            initial_prefill_percentage=args.initial_prefill_sm, seed=args.seed)
         duration = args.simulation_cycles * args.monitoring_interval
         workload = demo_workload(duration, args.request_rate, args.seed)
-        adaptive = f"slo:{args.predictor}"
-        static = f"static:{args.initial_prefill_sm:g}/{args.initial_decode_sm:g}"
+        adaptive = str(parse_policy(f"slo:{args.predictor}"))
+        static = str(parse_policy(f"static:{args.initial_prefill_sm:g}/{args.initial_decode_sm:g}"))
     except ValueError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return 2
@@ -118,7 +118,7 @@ def _cycle_header() -> str:
 
 def _cycle_row(n: int, c: CycleRecord) -> str:
     violations = ", ".join(f"{k} x{v:.2f}" for k, v in sorted(c.violations.items())) or "-"
-    action = re.sub(r"\d+\.\d+", lambda m: f"{float(m.group()):.0f}", c.action)  # 72.7273/27.2727 -> 73/27
+    action = escape(re.sub(r"\d+\.\d+", lambda m: f"{float(m.group()):.0f}", c.action))  # 72.7273/27.2727 -> 73/27
     if c.action not in ("keep", "hold"):
         action = f"[bold yellow]{action}[/]"
     ttft = f"[red]{c.ttft_p95_ms:9.1f}[/]" if "ttft" in c.violations else f"{c.ttft_p95_ms:9.1f}"
