@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +239,13 @@ def test_cli_errors_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
     assert "needs SLOs" in capsys.readouterr().err
     assert main(["bench", "sweep", *base[1:], "--request-rates", "1,x", "--goodput", "ttft:1"]) == 2
     assert "'x' is not a number" in capsys.readouterr().err
+
+
+def test_bench_never_imports_torch() -> None:
+    code = (
+        "import sys, semipd.bench.cli, semipd.bench.plot\n"
+        "from semipd.cli import build_parser\n"
+        "build_parser(['bench']).parse_args(['bench'])\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
