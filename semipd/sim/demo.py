@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
     out.print()
     out.print(_statistics_table(result.controller_status))
-    out.print(_effect_table(result, baseline, slo, duration))
+    out.print(_effect_table(result, baseline, slo))
     if args.plot:
         try:
             path = plot_timelines([result, baseline], slo, args.plot,
@@ -140,19 +140,20 @@ def _statistics_table(status: dict[str, Any] | None) -> Table:
     return table
 
 
-def _effect_table(result: SimResult, baseline: SimResult, slo: SLOConstraints, duration: float) -> Table:
+def _effect_table(result: SimResult, baseline: SimResult, slo: SLOConstraints) -> Table:
     """SLO attainment before the first adjustment, after the last one, and overall, with the
     static starting split on the same requests for comparison."""
     moves = [c.time for c in result.timeline if "->" in c.action]
-    first, last = (moves[0], moves[-1]) if moves else (duration, duration)
     table = Table(title="effect: requests meeting both SLOs", title_justify="left")
     table.add_column("requests arriving")
     table.add_column("count", justify="right")
     table.add_column(f"SLO-aware ({result.policy})", justify="right")
     table.add_column(f"static ({baseline.policy})", justify="right")
-    spans = [(f"before the first adjustment (< {first:.0f} s)", 0.0, first),
-             (f"after the last adjustment (>= {last:.0f} s)", last, float("inf")),
-             ("all", 0.0, float("inf"))]
+    spans = [("all (the controller made no adjustment)", 0.0, float("inf"))]
+    if moves:
+        spans = [(f"before the first adjustment (< {moves[0]:.0f} s)", 0.0, moves[0]),
+                 (f"after the last adjustment (>= {moves[-1]:.0f} s)", moves[-1], float("inf")),
+                 ("all", 0.0, float("inf"))]
     for label, start, end in spans:
         ours, count = attainment_between(result, slo, start, end)
         theirs, _ = attainment_between(baseline, slo, start, end)
