@@ -1,0 +1,37 @@
+"""The real engine: models, weights, KV cache, sampler, CUDA graphs, `Engine`, `AsyncEngine`, `LLM`.
+
+Names resolve lazily, so ``from semipd.engine import SamplingParams`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "SamplingParams": "semipd.engine.sampling_params",
+    "RequestOutput": "semipd.engine.sampling_params",
+    "CompletionOutput": "semipd.engine.sampling_params",
+    "EngineConfig": "semipd.engine.engine_config",
+    "MODES": "semipd.engine.engine_config",
+    "Engine": "semipd.engine.engine",
+    "StepError": "semipd.engine.engine",
+    "AsyncEngine": "semipd.engine.async_engine",
+    "QueueFullError": "semipd.engine.async_engine",
+    "RequestFailedError": "semipd.engine.async_engine",
+    "LLM": "semipd.engine.llm",
+    "ModelConfig": "semipd.engine.config",
+    "preset_names": "semipd.engine.presets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'semipd.engine' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,251 @@
+"""`Engine`: the real engine's synchronous core. One `step()` is one scheduler iteration:
+
+    schedule (UnifiedScheduler: decodes first, then chunked prefill)  ->  ModelRunner.run
+    ->  scheduler.update (appends tokens; stop hook: EOS, stop ids, stop strings, length)
+    ->  RequestOutput deltas, metrics
+
+The engine is not thread-safe: one thread calls `add_request`, `step` and `abort`
+(`AsyncEngine` is that thread for the server). The `SemiPDMetricsCollector` records the
+seed's lifecycle events: arrival (add_request), prefill start (first chunk scheduled),
+first token and prefill end (prefill sampled the first token), decode start (first decode
+step), a token event per later token, completion or abort; plus system metrics each step.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semipd.clock import Clock
+from semipd.engine.cuda_graphs import GraphRunner
+from semipd.engine.engine_config import EngineConfig
+from semipd.engine.kv_cache import KVCache, KVCacheSpec, cpu_num_blocks, cuda_num_blocks, profile_activation_peak
+from semipd.engine.loader import load_model, resolve_model_config
+from semipd.engine.model_runner import ModelRunner
+from semipd.engine.sampling_params import RequestOutput, SamplingParams
+from semipd.engine.sequence import Sequence
+from semipd.engine.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from semipd.metrics import SemiPDMetricsCollector
+from semipd.sched import BlockAllocator, Request, UnifiedScheduler, UnifiedSchedulerConfig
+from semipd.sched.batch import Batch
+
+logger = logging.getLogger(__name__)
+
+
+class StepError(RuntimeError):
+    """A step failed; the requests of its batch (`rids`) were aborted. The cause is chained."""
+
+    def __init__(self, rids: list[str], message: str) -> None:
+        super().__init__(message)
+        self.rids = rids
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
+    return torch.device(device)
+
+
+def load_tokenizer(config: EngineConfig, eos_token_ids: tuple[int, ...], bos_token_id: int | None,
+                   vocab_size: int) -> Tokenizer:
+    """The tokenizer directory's ``tokenizer.json``, else a byte-level stand-in (dummy models, presets)."""
+    directory = config.tokenizer or (config.model if Path(config.model).is_dir() else None)
+    if directory is not None and (Path(directory) / "tokenizer.json").is_file():
+        return HFTokenizer(directory, eos_token_ids)
+    if config.tokenizer is not None:
+        raise FileNotFoundError(f"no tokenizer.json in {config.tokenizer}")
+    return ByteTokenizer(vocab_size, bos_token_id, eos_token_ids)
+
+
+class Engine:
+    """Loads the model, sizes the KV cache, and runs scheduler iterations on it."""
+
+    def __init__(self, config: EngineConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        model_config, _ = resolve_model_config(config.model)
+        if config.max_model_len is not None and config.max_model_len > model_config.max_position_embeddings:
+            raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's max_position_embeddings "
+                             f"{model_config.max_position_embeddings}")
+        self.max_model_len: int = config.max_model_len or model_config.max_position_embeddings
+        self.model_name = config.model
+        self.model = load_model(config.model, config.load_format, config.dtype, self.device,
+                                config.attention_backend, config.seed)
+        self.model_config = self.model.config
+        self.tokenizer: Tokenizer | None = load_tokenizer(config, model_config.eos_token_ids,
+                                                          model_config.bos_token_id, model_config.vocab_size)
+        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(model_config.eos_token_ids)
+        self.kv_cache = self._allocate_kv_cache()
+        self.graph_runner: GraphRunner | None = None
+        if not config.enforce_eager:
+            self.graph_runner = GraphRunner(self.model, self.kv_cache, config.max_num_seqs, self.max_model_len)
+            if self.device.type == "cuda":
+                self.graph_runner.capture()
+        self.runner = ModelRunner(self.model, self.kv_cache, self.graph_runner)
+        num_blocks = self.kv_cache.num_blocks
+        self.allocator = BlockAllocator(num_blocks, config.block_size, int(num_blocks * config.kv_watermark))
+        self.scheduler = UnifiedScheduler(
+            UnifiedSchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs), self.allocator,
+            stop_checker=lambda req, token: req.payload.check_stop(token))
+        self.metrics_collector = SemiPDMetricsCollector(window_size_seconds=config.metrics_window_seconds,
+                                                        clock=clock)
+        self._clock = self.metrics_collector.clock
+        self._requests: dict[str, Request] = {}
+        self._seeds = random.Random(config.seed)
+        self.num_steps = 0
+        self._finished_preemptions = 0
+
+    def _allocate_kv_cache(self) -> KVCache:
+        cfg = self.config
+        spec = KVCacheSpec.for_model(self.model_config, cfg.block_size, self.model.dtype)
+        if cfg.num_kv_blocks is not None or self.device.type != "cuda":
+            num_blocks = cpu_num_blocks(spec, cfg.num_kv_blocks)
+        else:
+            peak = profile_activation_peak(self.model, cfg.max_num_batched_tokens, self.max_model_len, cfg.block_size)
+            num_blocks = cuda_num_blocks(spec, self.device, cfg.gpu_memory_utilization, peak)
+        logger.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, cfg.block_size,
+                    num_blocks * spec.bytes_per_block / 2**30)
+        return KVCache(spec, num_blocks, self.device)
+
+    # -- requests -------------------------------------------------------------------------
+    def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError if the request can never run (empty or too long prompt, bad token ids)."""
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
+        n = len(prompt_token_ids)
+        if n == 0:
+            raise ValueError("prompt_token_ids must not be empty")
+        if n >= self.max_model_len:
+            raise ValueError(f"prompt has {n} tokens; max_model_len is {self.max_model_len} and at least one "
+                             "output token must fit")
+        vocab = self.model_config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt_token_ids):
+            raise ValueError(f"prompt_token_ids must be ints in [0, {vocab})")
+
+    def add_request(self, rid: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Queue a request. Raises ValueError for an invalid one or a duplicate live `rid`."""
+        if rid in self._requests:
+            raise ValueError(f"request id {rid!r} is already running")
+        self.validate_request(prompt_token_ids, params)
+        prompt = list(prompt_token_ids)
+        stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.eos_token_ids)
+        seq = Sequence(params=params, seed=params.seed if params.seed is not None else self._seeds.getrandbits(63),
+                       stop_ids=stop_ids, detokenizer=self.tokenizer.detokenizer(prompt) if self.tokenizer else None)
+        max_tokens = min(params.max_tokens, self.max_model_len - len(prompt))
+        req = Request(rid, len(prompt), max_tokens, self._clock.now(), prompt_token_ids=prompt, payload=seq)
+        self.scheduler.add_request(req)
+        self._requests[rid] = req
+        self.metrics_collector.record_request_arrival(rid, len(prompt), timestamp=req.arrival_time)
+
+    def abort(self, rid: str) -> None:
+        """Drop request `rid` wherever it is and free its KV blocks (no-op for an unknown id)."""
+        req = self._requests.pop(rid, None)
+        if req is None:
+            return
+        self.scheduler.abort(rid)
+        self.metrics_collector.record_request_abort(rid)
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self._requests)
+
+    @property
+    def num_preemptions(self) -> int:
+        """Recompute preemptions so far, over finished and running requests."""
+        return self._finished_preemptions + sum(r.num_preemptions for r in self._requests.values())
+
+    # -- iterations -----------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration; returns an output for every request that got a token.
+
+        If the iteration fails, the requests of its batch are aborted (blocks freed) and
+        `StepError` naming them is raised; other requests carry on at the next step."""
+        batch = self.scheduler.schedule()
+        if batch.is_empty:
+            return []
+        self.num_steps += 1
+        collector = self.metrics_collector
+        t0 = self._clock.now()
+        for chunk in batch.prefills:
+            seq = chunk.request.payload
+            if not seq.prefill_started:
+                seq.prefill_started = True
+                collector.record_prefill_start(chunk.request.rid, timestamp=t0)
+        for req in batch.decodes:
+            if not req.payload.decode_started:
+                req.payload.decode_started = True
+                collector.record_decode_start(req.rid, timestamp=t0)
+        try:
+            tokens = self.runner.run(batch)
+            finished = self.scheduler.update(batch, tokens)
+        except Exception as exc:
+            rids = self._fail_batch(batch)
+            raise StepError(rids, f"step {self.num_steps} failed ({type(exc).__name__}: {exc}); "
+                                  f"aborted {len(rids)} requests") from exc
+        t1 = self._clock.now()
+        outputs = []
+        for req in batch.sampled_requests():
+            if req.rid not in self._requests:
+                continue  # aborted while the step ran
+            seq = req.payload
+            if not seq.first_token_done:
+                seq.first_token_done = True
+                collector.record_first_token(req.rid, timestamp=t1)
+                collector.record_prefill_end(req.rid, timestamp=t1)
+            else:
+                collector.record_token(req.rid, timestamp=t1)
+            outputs.append(seq.take_output(req))
+        for req in finished:
+            if self._requests.pop(req.rid, None) is not None:
+                self._finished_preemptions += req.num_preemptions
+                collector.record_request_completion(req.rid, req.num_output_tokens, success=True, timestamp=t1)
+        collector.record_system_metrics(self.scheduler.num_running, self.scheduler.num_waiting,
+                                        self.allocator.usage, timestamp=t1)
+        return outputs
+
+    def _fail_batch(self, batch: Batch) -> list[str]:
+        rids = list(dict.fromkeys([c.request.rid for c in batch.prefills] + [r.rid for r in batch.decodes]))
+        logger.exception("engine step failed; aborting requests %s", rids)
+        for rid in rids:
+            self.abort(rid)
+        return rids
+
+    # -- status ---------------------------------------------------------------------------
+    def get_status(self) -> dict[str, Any]:
+        """Mode, model, device, KV usage, queue counts, limits, CUDA graphs."""
+        cfg = self.config
+        gr = self.graph_runner
+        return {
+            "mode": cfg.mode,
+            "model": self.model_name,
+            "architecture": self.model_config.architecture,
+            "device": str(self.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "allocation": None,  # unified mode: both phases share every SM
+            "num_running": self.scheduler.num_running,
+            "num_waiting": self.scheduler.num_waiting,
+            "num_unfinished": self.num_unfinished,
+            "num_steps": self.num_steps,
+            "num_preemptions": self.num_preemptions,
+            "kv_cache": {
+                "num_blocks": self.allocator.num_blocks,
+                "block_size": self.allocator.block_size,
+                "num_free_blocks": self.allocator.num_free,
+                "usage": self.allocator.usage,
+                "capacity_tokens": self.allocator.capacity_tokens(),
+            },
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": cfg.max_num_seqs,
+            "max_num_batched_tokens": cfg.max_num_batched_tokens,
+            "cuda_graphs": None if gr is None else {
+                "captured": bool(gr.keys), "buckets": gr.buckets, "capture_seconds": round(gr.capture_seconds, 3)},
+        }
