@@ -26,7 +26,7 @@ from semipd.engine.kernels.paged_batch import make_paged_batch
 from semipd.engine.kernels.triton_decode_attention import DecodeConfig, decode_attention_triton, num_decode_splits
 from semipd.engine.kernels.triton_prefill_attention import (
     PrefillConfig,
-    default_prefill_config,
+    auto_prefill_config,
     prefill_attention_triton,
 )
 
@@ -59,12 +59,16 @@ def time_graph(fn: Callable[[], object], inner: int = 10, reps: int = 20) -> flo
     return times[len(times) // 2]
 
 
-def copy_bandwidth() -> float:
-    """Bytes read + written per second of a 2 GiB device-to-device copy."""
-    src = torch.empty(1 << 30, dtype=torch.bfloat16, device="cuda")
+def memory_bandwidths() -> dict[str, float]:
+    """GB/s of a 2 GiB buffer: device-to-device copy by memcpy and by an elementwise kernel
+    (bytes read + written), and a read-only reduction (bytes read)."""
+    src = torch.randn(1 << 30, device="cuda").to(torch.bfloat16)
     dst = torch.empty_like(src)
-    seconds = time_graph(lambda: dst.copy_(src), inner=5, reps=10)
-    return 2 * src.numel() * src.element_size() / seconds
+    nbytes = src.numel() * src.element_size()
+    memcpy = 2 * nbytes / time_graph(lambda: dst.copy_(src), inner=5, reps=10)
+    kernel = 2 * nbytes / time_graph(lambda: torch.mul(src, 1, out=dst), inner=5, reps=10)
+    read = nbytes / time_graph(lambda: src.sum(dtype=torch.float32), inner=5, reps=10)
+    return {"copy_memcpy_gbs": memcpy / 1e9, "copy_kernel_gbs": kernel / 1e9, "read_sum_gbs": read / 1e9}
 
 
 def bench_decode(batch: int, context: int, config: DecodeConfig | None = None, splits: int | None = None) -> dict:
@@ -95,7 +99,8 @@ def bench_prefill(seq_lens: list[int], q_lens: list[int], head_dim: int, config:
     # Visible (query, key) pairs under the causal rule; 2 matmuls of 2 flops each per pair and dim.
     pairs = sum(q * (s - q) + q * (q + 1) // 2 for s, q in zip(seq_lens, q_lens, strict=True))
     flops = 4 * pairs * heads * head_dim
-    cfg = config or default_prefill_config(head_dim)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    cfg = config or auto_prefill_config(head_dim, heads, len(seq_lens), max(q_lens), sms)
     return {
         "seq_lens": seq_lens,
         "new_tokens": q_lens,
@@ -122,8 +127,9 @@ def main() -> int:
     import triton
 
     t_start = time.perf_counter()
-    copy_bw = copy_bandwidth()
-    _log(f"copy bandwidth (read+write): {copy_bw / 1e9:.0f} GB/s")
+    bandwidths = memory_bandwidths()
+    copy_bw = 1e9 * max(bandwidths["copy_memcpy_gbs"], bandwidths["copy_kernel_gbs"])
+    _log(f"memory bandwidths (GB/s): {bandwidths}; copy bandwidth used: {copy_bw / 1e9:.0f} GB/s")
     result: dict = {
         "gpu": torch.cuda.get_device_name(),
         "sms": torch.cuda.get_device_properties(0).multi_processor_count,
@@ -132,6 +138,8 @@ def main() -> int:
         "date": datetime.date.today().isoformat(),
         "shape": {"heads": HEADS, "kv_heads": KV_HEADS, "head_dim": HEAD_DIM, "block_size": BLOCK, "dtype": "bf16"},
         "copy_bandwidth_gbs": copy_bw / 1e9,
+        "copy_bandwidth_note": "the faster of memcpy and an elementwise copy kernel, bytes read + written",
+        "bandwidths": bandwidths,
         "decode_config": DecodeConfig().__dict__,
         "decode": [],
         "prefill": [],
@@ -156,10 +164,9 @@ def main() -> int:
             )
     if not args.quick:
         sweep_decode = []
-        for block_n, warps, stages in [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 8, 3),
-                                       (32, 2, 3), (16, 4, 4)]:  # fmt: skip
+        for block_n, warps, stages in [(64, 4, 2), (128, 4, 2), (32, 4, 2), (64, 4, 3), (128, 8, 2), (64, 2, 2)]:
             cfg = DecodeConfig(block_n=block_n, num_warps=warps, num_stages=stages)
-            for batch, context in [(64, 1024), (256, 4096), (1, 8192)]:
+            for batch, context in [(64, 1024), (256, 4096), (1, 8192), (8, 4096)]:
                 row = bench_decode(batch, context, cfg)
                 row |= {
                     "config": [block_n, warps, stages],
@@ -174,16 +181,25 @@ def main() -> int:
             _log(f"sweep decode splits {splits} B1 ctx 8192: {row['time_us']:.1f} us")
         result["sweep_decode"] = sweep_decode
         sweep_prefill = []
-        for head_dim in (128, 64):
-            for bm, bn, warps, stages in [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3),
-                                          (128, 32, 4, 3), (64, 128, 4, 2), (128, 64, 4, 3)]:  # fmt: skip
+        prefill_sweep = {
+            128: [(128, 32, 4, 3), (128, 32, 4, 4), (128, 32, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2),
+                  (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 64, 4, 4)],
+            64: [(128, 64, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3),
+                 (64, 64, 4, 4), (64, 32, 4, 3)],
+        }  # fmt: skip
+        for head_dim, configs in prefill_sweep.items():
+            for bm, bn, warps, stages in configs:
                 cfg = PrefillConfig(block_m=bm, block_n=bn, num_warps=warps, num_stages=stages)
-                try:
-                    row = bench_prefill([8192], [8192], head_dim, cfg)
-                except Exception as e:  # e.g. out of shared memory for this tile: record and go on
-                    row = {"head_dim": head_dim, "config": [bm, bn, warps, stages], "error": str(e)[:200]}
-                sweep_prefill.append(row)
-                _log(f"sweep prefill D{head_dim} {row['config']}: {row.get('tflops', float('nan')):.0f} TFLOP/s")
+                for seq_lens, q_lens in (([8192], [8192]), ([2048] * 4, [2048] * 4), ([8192], [512])):
+                    try:
+                        row = bench_prefill(seq_lens, q_lens, head_dim, cfg)
+                    except Exception as e:  # e.g. out of shared memory for this tile: record and go on
+                        row = {"head_dim": head_dim, "config": [bm, bn, warps, stages], "error": str(e)[:200]}
+                    sweep_prefill.append(row)
+                    _log(
+                        f"sweep prefill D{head_dim} {row['config']} {seq_lens[:1]}x{len(seq_lens)} new {q_lens[0]}: "
+                        f"{row.get('tflops', float('nan')):.0f} TFLOP/s"
+                    )
         result["sweep_prefill"] = sweep_prefill
     result["bench_seconds"] = time.perf_counter() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -17,3 +17,15 @@ def triton_available() -> bool:
 def use_triton(x: torch.Tensor) -> bool:
     """Dispatch rule of every op: Triton for CUDA tensors, the torch reference otherwise."""
     return x.is_cuda and triton_available()
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def device_sm_count(device: torch.device, default: int = 132) -> int:
+    """SMs of a CUDA device (cached per device); `default` (an H100's count) elsewhere."""
+    if device.type != "cuda":
+        return default
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())

@@ -14,13 +14,14 @@ rounded up to whole key tiles, computed on the device.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+
+from semipd.engine.kernels._dispatch import device_sm_count
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class DecodeConfig:
     block_n: int = 64
     num_warps: int = 4
     num_stages: int = 2
-    max_splits: int = 16
+    max_splits: int = 32
     min_tokens_per_split: int = 256
     waves: int = 2
     """Aim for at least ``waves * num_sms`` stage-1 programs when splitting."""
@@ -43,11 +44,6 @@ class DecodeConfig:
         for name in ("num_stages", "max_splits", "min_tokens_per_split", "waves"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-@functools.cache
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def num_decode_splits(
@@ -205,8 +201,7 @@ def decode_attention_triton(
         raise ValueError("decode attention: caches must share a layout; head_dim must be contiguous")
     cfg = config or DecodeConfig()
     if num_splits is None:
-        sms = _num_sms(q.device.index or 0) if q.is_cuda else 132
-        num_splits = num_decode_splits(batch, num_kv_heads, max_seqlen_k, sms, cfg)
+        num_splits = num_decode_splits(batch, num_kv_heads, max_seqlen_k, device_sm_count(q.device), cfg)
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
     out = torch.empty_like(q)

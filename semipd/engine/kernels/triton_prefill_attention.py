@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from semipd.engine.kernels._dispatch import device_sm_count
+
 
 @dataclass(frozen=True)
 class PrefillConfig:
@@ -37,11 +39,22 @@ class PrefillConfig:
             raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
 
 
-def default_prefill_config(head_dim: int) -> PrefillConfig:
-    """Tiles that suit Hopper for this head size."""
+def default_prefill_config(head_dim: int, num_programs: int | None = None, num_sms: int = 132) -> PrefillConfig:
+    """Tiles measured best on an H100 for this head size; 64-row tiles when 128-row tiles
+    would give fewer programs (``num_programs``) than the GPU has SMs."""
     if head_dim <= 64:
-        return PrefillConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
-    return PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
+        cfg = PrefillConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    else:
+        cfg = PrefillConfig(block_m=128, block_n=32, num_warps=4, num_stages=3)
+    if num_programs is not None and num_programs < num_sms:
+        cfg = PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
+    return cfg
+
+
+def auto_prefill_config(head_dim: int, num_heads: int, batch: int, max_seqlen_q: int, num_sms: int) -> PrefillConfig:
+    """The config `prefill_attention_triton` uses when given none (shapes only, no data)."""
+    programs = num_heads * batch * triton.cdiv(max(max_seqlen_q, 1), 128)
+    return default_prefill_config(head_dim, programs, num_sms)
 
 
 @triton.jit
@@ -59,19 +72,32 @@ def _attend_block(
     stride_kb,
     stride_ks,
     offs_d,
-    d_mask,
     qk_scale,
     MASKED: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
     PAGE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    """One key tile of the online softmax. Unmasked tiles (below the diagonal, inside the
+    sequence) load without predicates."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     n_mask = offs_n < seq_len
-    blk = tl.load(bt_row + offs_n // PAGE, mask=n_mask, other=0).to(tl.int64)
+    if MASKED:
+        blk = tl.load(bt_row + offs_n // PAGE, mask=n_mask, other=0).to(tl.int64)
+    else:
+        blk = tl.load(bt_row + offs_n // PAGE).to(tl.int64)
     slot_off = blk * stride_kb + (offs_n % PAGE) * stride_ks
-    kv_mask = n_mask[None, :] & d_mask[:, None]
-    k = tl.load(k_base + slot_off[None, :] + offs_d[:, None], mask=kv_mask, other=0.0)
+    k_ptrs = k_base + slot_off[None, :] + offs_d[:, None]
+    v_ptrs = v_base + slot_off[:, None] + offs_d[None, :]
+    if MASKED or not EVEN_D:
+        d_mask = offs_d < HEAD_DIM
+        k = tl.load(k_ptrs, mask=n_mask[None, :] & d_mask[:, None], other=0.0)
+        v = tl.load(v_ptrs, mask=n_mask[:, None] & d_mask[None, :], other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
     s = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale
     if MASKED:
         s = tl.where((offs_n[None, :] <= q_pos[:, None]) & n_mask[None, :], s, float("-inf"))
@@ -79,7 +105,6 @@ def _attend_block(
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    v = tl.load(v_base + slot_off[:, None] + offs_d[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
@@ -102,8 +127,8 @@ def _prefill_kernel(
     stride_ks,
     stride_kh,
     stride_bt,
-    head_dim,
     GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
     PAGE: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -122,7 +147,7 @@ def _prefill_kernel(
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, BLOCK_D)
         m_mask = offs_m < q_len
-        d_mask = offs_d < head_dim
+        d_mask = offs_d < HEAD_DIM
         rows = (q_start + offs_m).to(tl.int64)
         q = tl.load(
             q_ptr + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
@@ -153,9 +178,10 @@ def _prefill_kernel(
                 stride_kb,
                 stride_ks,
                 offs_d,
-                d_mask,
                 qk_scale,
                 False,
+                BLOCK_D == HEAD_DIM,
+                HEAD_DIM,
                 PAGE,
                 BLOCK_N,
                 DOT_PRECISION,
@@ -176,9 +202,10 @@ def _prefill_kernel(
                 stride_kb,
                 stride_ks,
                 offs_d,
-                d_mask,
                 qk_scale,
                 True,
+                BLOCK_D == HEAD_DIM,
+                HEAD_DIM,
                 PAGE,
                 BLOCK_N,
                 DOT_PRECISION,
@@ -214,9 +241,9 @@ def prefill_attention_triton(
         raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
     if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1 or q.stride(-1) != 1:
         raise ValueError("prefill attention: caches must share a layout; head_dim must be contiguous")
-    cfg = config or default_prefill_config(head_dim)
-    out = torch.empty_like(q)
     batch = seq_lens.shape[0]
+    cfg = config or auto_prefill_config(head_dim, num_heads, batch, max_seqlen_q, device_sm_count(q.device))
+    out = torch.empty_like(q)
     if num_tokens == 0 or batch == 0 or max_seqlen_q == 0:
         return out
     grid = (num_heads, triton.cdiv(max_seqlen_q, cfg.block_m), batch)
@@ -237,8 +264,8 @@ def prefill_attention_triton(
         k_cache.stride(1),
         k_cache.stride(2),
         block_tables.stride(0),
-        head_dim,
         GROUP=num_heads // num_kv_heads,
+        HEAD_DIM=head_dim,
         PAGE=page,
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         BLOCK_M=cfg.block_m,

@@ -1,0 +1,245 @@
+"""Triton kernels against their torch references under the Triton interpreter (CPU).
+
+Interpreter mode is fixed when triton is first imported and then holds for the whole
+process, so the cases run together in one child process started with
+``TRITON_INTERPRET=1`` (running this file as a script); each case is reported as its own
+test here, and the pytest process itself never runs a kernel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import traceback
+from collections.abc import Callable
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+CASES: dict[str, Callable[[], None]] = {}
+
+
+def case(fn: Callable[[], None]) -> Callable[[], None]:
+    CASES[fn.__name__] = fn
+    return fn
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    tol = 1e-5 if out.dtype == torch.float32 else 3e-3
+    torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
+
+
+@case
+def rms_norm() -> None:
+    from semipd.engine.kernels import rms_norm_torch
+    from semipd.engine.kernels.triton_norm import rms_norm_triton
+
+    for dtype in (torch.float32, torch.float16):
+        for shape in ((1, 40), (5, 128), (3, 4, 16)):
+            x = torch.randn(shape).to(dtype)
+            w = torch.randn(shape[-1]).to(dtype)
+            _close(rms_norm_triton(x, w, 1e-6), rms_norm_torch(x, w, 1e-6))
+            r = torch.randn(shape).to(dtype)
+            (y, s), (ry, rs) = rms_norm_triton(x, w, 1e-6, r), rms_norm_torch(x, w, 1e-6, r)
+            _close(y, ry)
+            _close(s, rs)
+    wide = torch.randn(4, 96)
+    x = wide[:, 8:72]  # rows strided, as a slice of a fused projection
+    _close(rms_norm_triton(x, torch.ones(64), 1e-5), rms_norm_torch(x, torch.ones(64), 1e-5))
+
+
+@case
+def silu_and_mul() -> None:
+    from semipd.engine.kernels import silu_and_mul_torch
+    from semipd.engine.kernels.triton_activation import silu_and_mul_triton
+
+    for x in (torch.randn(5, 26).half(), torch.randn(1, 128), torch.randn(2, 3, 34), torch.randn(3, 2 * 1500)):
+        _close(silu_and_mul_triton(x), silu_and_mul_torch(x))
+
+
+@case
+def rope_in_place_on_fused_views() -> None:
+    from semipd.engine.kernels import apply_rope_torch, build_rope_cache
+    from semipd.engine.kernels.triton_rope import apply_rope_triton
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}  # fmt: skip
+    for dtype, head_dim, (hq, hkv) in (
+        (torch.float32, 32, (4, 2)),
+        (torch.float16, 64, (6, 1)),
+        (torch.float32, 16, (3, 3)),
+    ):
+        cache = build_rope_cache(head_dim, 100, 10000.0, scaling)
+        tokens = 7
+        qkv = torch.randn(tokens, (hq + 2 * hkv) * head_dim).to(dtype)
+        q = qkv[:, : hq * head_dim].view(tokens, hq, head_dim)
+        k = qkv[:, hq * head_dim : (hq + hkv) * head_dim].view(tokens, hkv, head_dim)
+        positions = torch.tensor([0, 1, 99, 50, 3, 3, 98])
+        rq, rk = apply_rope_torch(q.clone(), k.clone(), positions, cache)
+        untouched = qkv[:, (hq + hkv) * head_dim :].clone()
+        apply_rope_triton(q, k, positions, cache)
+        _close(q, rq)
+        _close(k, rk)
+        assert torch.equal(qkv[:, (hq + hkv) * head_dim :], untouched)
+
+
+@case
+def store_kvcache() -> None:
+    from semipd.engine.kernels import store_kvcache_torch
+    from semipd.engine.kernels.triton_kvcache import store_kvcache_triton
+
+    for slots in ([5, -1, 0, 15, 9], [-1, -1, -1, -1, -1], [31, 30, 2, 1, 16]):
+        qkv = torch.randn(5, 4 * 24).half()
+        k = qkv[:, 24:48].view(5, 2, 12)
+        v = qkv[:, 48:72].view(5, 2, 12)
+        caches = [torch.randn(4, 8, 2, 12).half() for _ in range(2)]
+        refs = [c.clone() for c in caches]
+        slot_mapping = torch.tensor(slots)
+        store_kvcache_triton(k, v, *caches, slot_mapping)
+        store_kvcache_torch(k, v, *refs, slot_mapping)
+        assert torch.equal(caches[0], refs[0]) and torch.equal(caches[1], refs[1])
+
+
+def _prefill_check(seq_lens, q_lens, heads, head_dim, block, dtype=torch.float32, config=None, seed=0) -> None:
+    from semipd.engine.attention.torch_ref import paged_prefill_attention_torch
+    from semipd.engine.kernels.paged_batch import make_paged_batch
+    from semipd.engine.kernels.triton_prefill_attention import prefill_attention_triton
+
+    b = make_paged_batch(seq_lens, q_lens, heads[0], heads[1], head_dim, block, dtype, seed=seed)
+    flat_k, flat_v = b.k_cache.view(-1, heads[1], head_dim), b.v_cache.view(-1, heads[1], head_dim)
+    flat_k[b.slot_mapping], flat_v[b.slot_mapping] = b.k, b.v
+    args = (b.q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, b.cu_seqlens_q)
+    out = prefill_attention_triton(*args, b.max_seqlen_q, head_dim**-0.5, config=config)
+    _close(out, paged_prefill_attention_torch(*args, head_dim**-0.5))
+
+
+@case
+def prefill_plain_odd_lengths_gqa1() -> None:
+    _prefill_check([5, 9, 1, 23], [5, 9, 1, 23], (2, 2), 16, 4)
+
+
+@case
+def prefill_chunked_with_prefix_gqa2() -> None:
+    _prefill_check([13, 40, 7, 33], [5, 3, 7, 1], (4, 2), 32, 16, torch.float16)
+
+
+@case
+def prefill_block_boundaries_gqa4() -> None:
+    _prefill_check([16, 17, 15, 32, 1], [16, 1, 15, 16, 1], (8, 2), 16, 16)
+
+
+@case
+def prefill_many_tiles_uneven_head_dim() -> None:
+    from semipd.engine.kernels.triton_prefill_attention import PrefillConfig
+
+    # 16-row tiles: several query tiles per sequence and long unmasked phases; head_dim 24 pads to 32.
+    _prefill_check([70, 45], [50, 45], (4, 1), 24, 8, config=PrefillConfig(block_m=16, block_n=16, num_warps=4))
+
+
+def _decode_check(seq_lens, heads, head_dim, block, splits, dtype=torch.float32, bound_pad=0) -> None:
+    from semipd.engine.attention.torch_ref import paged_decode_attention_torch
+    from semipd.engine.kernels.paged_batch import make_paged_batch
+    from semipd.engine.kernels.triton_decode_attention import decode_attention_triton
+
+    b = make_paged_batch(seq_lens, [0] * len(seq_lens), heads[0], heads[1], head_dim, block, dtype, seed=5)
+    q = torch.randn(len(seq_lens), heads[0], head_dim).to(dtype)
+    bound = max(seq_lens) + bound_pad
+    args = (q, b.k_cache, b.v_cache, b.block_tables, b.seq_lens, bound, head_dim**-0.5)
+    out = decode_attention_triton(*args, num_splits=splits)
+    ref = paged_decode_attention_torch(*args)
+    _close(out, ref)
+    assert torch.equal(out[torch.tensor(seq_lens) == 0], torch.zeros_like(out[torch.tensor(seq_lens) == 0]))
+
+
+@case
+def decode_one_split_gqa1() -> None:
+    _decode_check([1, 17, 40, 0], (4, 4), 16, 8, 1)
+
+
+@case
+def decode_several_splits_gqa2() -> None:
+    for splits in (2, 3, 8):
+        _decode_check([100, 3, 0, 64, 16], (8, 4), 32, 16, splits, torch.float16)
+
+
+@case
+def decode_auto_splits_gqa4_loose_bound() -> None:
+    _decode_check([300, 1, 129, 128], (8, 2), 16, 16, None, bound_pad=200)
+
+
+@case
+def backends_agree_end_to_end() -> None:
+    from semipd.engine.attention import get_backend
+    from semipd.engine.kernels.paged_batch import make_paged_batch
+
+    for seq_lens, q_lens in (([20, 9, 33], [20, 1, 4]), ([40, 1, 17], [1, 1, 1])):
+        batches = [make_paged_batch(seq_lens, q_lens, 4, 2, 16, 8, seed=7) for _ in range(2)]
+        for b in batches:
+            b.slot_mapping[0] = -1  # a padding row: its K/V must not be written
+        outs = []
+        for name, b in zip(("triton", "torch"), batches, strict=True):
+            outs.append(get_backend(name).forward(b.q, b.k, b.v, b.k_cache, b.v_cache, b.metadata(), 0.25))
+        assert torch.equal(batches[0].k_cache, batches[1].k_cache)
+        assert torch.equal(batches[0].v_cache, batches[1].v_cache)
+        _close(outs[0], outs[1])
+
+
+@case
+def split_policy_and_configs() -> None:
+    from semipd.engine.kernels.triton_decode_attention import DecodeConfig, num_decode_splits
+    from semipd.engine.kernels.triton_prefill_attention import PrefillConfig, default_prefill_config
+
+    assert num_decode_splits(1, 8, 8192, 132) == 32
+    assert num_decode_splits(64, 8, 1024, 132) == 1
+    assert num_decode_splits(1, 8, 100, 132) == 1
+    assert num_decode_splits(4, 8, 4096, 132) == 9
+    cfg = DecodeConfig(max_splits=4)
+    assert all(num_decode_splits(b, 8, 32768, 132, cfg) <= 4 for b in (1, 2, 3))
+    assert default_prefill_config(128, num_programs=32).block_m == 64
+    assert default_prefill_config(128, num_programs=4096).block_m == 128
+    for bad in ({"block_n": 48}, {"num_warps": 3}, {"max_splits": 0}):
+        try:
+            DecodeConfig(**bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"DecodeConfig({bad}) was accepted")
+    for bad in ({"block_m": 8}, {"num_stages": 0}):
+        try:
+            PrefillConfig(**bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"PrefillConfig({bad}) was accepted")
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict[str, str]:
+    env = os.environ | {"TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        pytest.fail(f"interpreter run failed (rc {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_triton_kernel_matches_reference(name: str, interpreted: dict[str, str]) -> None:
+    assert interpreted.get(name) == "ok", interpreted.get(name, "not run")
+
+
+if __name__ == "__main__":
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("run with TRITON_INTERPRET=1")
+    torch.manual_seed(0)
+    results = {}
+    for name, fn in CASES.items():
+        try:
+            fn()
+            results[name] = "ok"
+        except Exception:
+            results[name] = traceback.format_exc()
+    print(json.dumps(results))
