@@ -1,0 +1,97 @@
+"""`semipd serve`: load a model into the engine and serve the OpenAI-compatible API.
+
+Example: ``semipd serve --model tiny-llama --load-format dummy --device cpu --port 8000``.
+Engine options are passed through to `semipd.engine.EngineConfig`; those not given keep the
+engine's defaults. The API key may also come from the ``SEMIPD_API_KEY`` environment variable
+(it then does not show in the process list).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+# CLI option -> EngineConfig field (passed only when given).
+ENGINE_OPTIONS = ("model", "load_format", "dtype", "device", "mode", "gpu_memory_utilization", "block_size",
+                  "num_kv_blocks", "max_num_batched_tokens", "max_num_seqs", "max_model_len", "tokenizer", "seed")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 0..65535, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model and engine")
+    model.add_argument("--model", required=True, help="Hugging Face model directory or preset name (e.g. tiny-llama)")
+    model.add_argument("--served-model-name", help="name clients use for the model (default: --model)")
+    model.add_argument("--load-format", choices=["auto", "safetensors", "dummy"],
+                       help="weights from the directory, or random weights (dummy)")
+    model.add_argument("--tokenizer", help="directory with tokenizer.json (default: the model directory)")
+    model.add_argument("--device", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    model.add_argument("--dtype", choices=["auto", "bfloat16", "float16", "float32"])
+    model.add_argument("--mode", choices=["unified", "semi-pd"],
+                       help="unified: one batch on the whole GPU; semi-pd: prefill and decode on SM partitions")
+    model.add_argument("--max-model-len", type=_positive_int, help="longest prompt + output, in tokens")
+    model.add_argument("--gpu-memory-utilization", type=_fraction, help="share of GPU memory the engine may use")
+    model.add_argument("--max-num-seqs", type=_positive_int, help="most requests running at once")
+    model.add_argument("--max-num-batched-tokens", type=_positive_int, help="token budget of one iteration")
+    model.add_argument("--block-size", type=_positive_int, help="tokens per KV block")
+    model.add_argument("--num-kv-blocks", type=_positive_int, help="KV blocks to allocate (default: sized from memory)")
+    model.add_argument("--seed", type=int, help="seed for dummy weights and unseeded requests")
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    server.add_argument("--port", type=_port, default=8000)
+    server.add_argument("--max-waiting", type=_positive_int, default=1024,
+                        help="requests that may wait for the engine; past it, 503 with Retry-After")
+    server.add_argument("--api-key", default=os.environ.get("SEMIPD_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on every route but /health "
+                             "(default: $SEMIPD_API_KEY)")
+    server.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The EngineConfig fields the user gave."""
+    return {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name, None) is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from semipd.engine import AsyncEngine, Engine, EngineConfig
+    from semipd.server.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.api_key == "":
+        print("semipd serve: --api-key must not be empty", file=sys.stderr)
+        return 2
+    try:
+        config = EngineConfig(**engine_kwargs(args))
+        engine = Engine(config)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"semipd serve: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(AsyncEngine(engine, max_waiting=args.max_waiting), args.served_model_name or args.model,
+                     api_key=args.api_key)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
