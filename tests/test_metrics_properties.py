@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from semipd.clock import VirtualClock
 from semipd.metrics import MetricsAggregator, SemiPDMetricsCollector
+from semipd.metrics.window import percentiles_of_sorted
 
 END_KINDS = ("complete", "fail", "abort", "live")
 times = st.floats(min_value=0.0, max_value=100.0, allow_nan=False, allow_infinity=False)
@@ -150,12 +151,12 @@ def test_window_equals_numpy_over_the_same_samples(streams: list[Gen], now: floa
     assert (agg.num_completed, agg.num_failed, agg.num_aborted) == (c["completed"], c["failed"], c["aborted"])
     assert (agg.num_in_flight, agg.num_waiting_prefill) == (exp["live"], exp["waiting"])
     assert agg.num_decoding == exp["live"] - exp["waiting"]
-    rate = 1.0 / exp["eff"] if exp["eff"] > 0 else 0.0
-    assert agg.request_throughput == approx(c["completed"] * rate)
-    assert agg.request_arrival_rate == approx(c["arrivals"] * rate)
-    assert agg.input_token_throughput == approx(sum(ex["in"]) * rate)
-    assert agg.output_token_throughput == approx(sum(ex["out"]) * rate)
-    assert agg.total_token_throughput == approx((sum(ex["in"]) + sum(ex["out"])) * rate)
+    per_s = lambda count: count / exp["eff"] if exp["eff"] > 0 else 0.0  # noqa: E731
+    assert agg.request_throughput == approx(per_s(c["completed"]))
+    assert agg.request_arrival_rate == approx(per_s(c["arrivals"]))
+    assert agg.input_token_throughput == approx(per_s(sum(ex["in"])))
+    assert agg.output_token_throughput == approx(per_s(sum(ex["out"])))
+    assert agg.total_token_throughput == approx(per_s(sum(ex["in"]) + sum(ex["out"])))
     assert not agg.window_truncated
     stats = m.get_stats()
     assert stats["out_of_order_events"] == 0 and stats["unknown_request_events"] == 0
@@ -173,3 +174,12 @@ def test_aggregator_over_a_snapshot_equals_the_collector(streams: list[Gen], now
             assert sorted(getattr(got, name).tolist()) == pytest.approx(sorted(value.tolist())), name
         else:
             assert getattr(got, name) == pytest.approx(value, rel=1e-9, abs=1e-9), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=300),
+       extra=st.lists(st.floats(0.0, 100.0), max_size=5))
+def test_percentiles_of_sorted_equal_numpy_exactly(values: list[float], extra: list[float]) -> None:
+    ps = (0.0, 50.0, 90.0, 95.0, 99.0, 100.0, *extra)
+    arr = np.array(values)
+    assert percentiles_of_sorted(np.sort(arr), ps) == tuple(float(v) for v in np.percentile(arr, ps))

@@ -33,7 +33,7 @@ from semipd.clock import Clock, RealClock
 from semipd.metrics.aggregated import AggregatedMetrics
 from semipd.metrics.request import RequestMetrics, RequestStatus, SystemMetrics
 from semipd.metrics.ring import EventRing
-from semipd.metrics.snapshot import decode_snapshot, encode_snapshot
+from semipd.metrics.snapshot import decode_snapshot, encode_rows, record_row
 from semipd.metrics.window import (
     NAN,
     effective_window_length,
@@ -46,6 +46,9 @@ from semipd.metrics.window import (
 logger = logging.getLogger(__name__)
 
 CompletionListener = Callable[[RequestMetrics], None]
+# Module constants: an enum member lookup costs a descriptor call on the hot path.
+_COMPLETED, _FAILED, _ABORTED, _HANDED_OFF = (RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.ABORTED,
+                                              RequestStatus.HANDED_OFF)
 
 
 class SemiPDMetricsCollector:
@@ -165,18 +168,17 @@ class SemiPDMetricsCollector:
         self, rid: str, output_length: int, success: bool = True, timestamp: float | None = None
     ) -> None:
         """The request finished with `output_length` output tokens (failed when not `success`)."""
-        status = RequestStatus.COMPLETED if success else RequestStatus.FAILED
-        self._end(rid, status, int(output_length), timestamp)
+        self._end(rid, _COMPLETED if success else _FAILED, int(output_length), timestamp)
 
     def record_request_abort(self, rid: str, timestamp: float | None = None) -> None:
         """The request was cancelled before finishing."""
-        self._end(rid, RequestStatus.ABORTED, 0, timestamp)
+        self._end(rid, _ABORTED, 0, timestamp)
 
     def record_handoff(self, rid: str, timestamp: float | None = None) -> None:
         """The request left this process for another one (a prefill process handing it to decode):
         it stops counting as in flight here and is kept in history with ``handed_off=True``.
         A later prefill end or decode start still fills in its record."""
-        self._end(rid, RequestStatus.HANDED_OFF, 0, timestamp)
+        self._end(rid, _HANDED_OFF, 0, timestamp)
 
     def record_system_metrics(
         self,
@@ -258,11 +260,9 @@ class SemiPDMetricsCollector:
         with self._lock:
             system = self._system
             stats = self._stats_locked()
-        out["num_running_requests"] = None if system is None else system.num_running_requests
-        out["num_waiting_requests"] = None if system is None else system.num_waiting_requests
-        out["kv_cache_usage"] = None if system is None else system.kv_cache_usage
-        out["prefill_sm_percentage"] = None if system is None else system.prefill_sm_percentage
-        out["decode_sm_percentage"] = None if system is None else system.decode_sm_percentage
+        for key in ("num_running_requests", "num_waiting_requests", "kv_cache_usage", "prefill_sm_percentage",
+                    "decode_sm_percentage"):
+            out[key] = None if system is None else getattr(system, key)
         out["system_metrics_timestamp"] = None if system is None else system.timestamp
         for key in ("unknown_request_events", "out_of_order_events", "num_evicted", "num_evicted_in_flight"):
             out[key] = stats[key]
@@ -306,10 +306,17 @@ class SemiPDMetricsCollector:
             return self._stats_locked()
 
     def snapshot(self) -> bytes:
-        """Every live and retained record, msgpack-encoded, for `MetricsAggregator` in another process."""
+        """Every live and retained record, msgpack-encoded, for `MetricsAggregator` in another process.
+
+        Live records are copied under the lock; finished ones (which no longer change, apart from a
+        handed-off request's late phase times) are encoded after it is released, so a large
+        history does not stall the recording threads."""
         with self._lock:
-            records = [*self._in_flight.values(), *(r for r in self._history if r is not None)]
-            return encode_snapshot(records, self._now())
+            rows = [record_row(rec) for rec in self._in_flight.values()]
+            history = list(self._history)
+            now = self._now()
+        rows.extend(record_row(rec) for rec in history if rec is not None)
+        return encode_rows(rows, now)
 
     @staticmethod
     def records_from_snapshot(data: bytes) -> list[RequestMetrics]:
@@ -356,17 +363,17 @@ class SemiPDMetricsCollector:
                 t = latest
             if rec.first_token_time is None:
                 self._num_waiting_prefill -= 1
-            if status is RequestStatus.HANDED_OFF:
+            if status is _HANDED_OFF:
                 rec.handed_off = True
                 self._totals["num_handed_off_total"] += 1
             else:
                 rec.completion_time = t
-                if status is RequestStatus.ABORTED:
+                if status is _ABORTED:
                     rec.aborted = True
                     self._totals["num_aborted_total"] += 1
                 else:
                     rec.output_length = output_length
-                    rec.success = status is RequestStatus.COMPLETED
+                    rec.success = status is _COMPLETED
                     self._totals["num_completed_total" if rec.success else "num_failed_total"] += 1
             slot = self._finished.push(finished_row(rec, t, status))
             old = self._history[slot]

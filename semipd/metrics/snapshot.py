@@ -22,16 +22,23 @@ FIELDS = (
 )
 
 
-def encode_snapshot(records: Iterable[RequestMetrics], time: float) -> bytes:
-    """Encode `records` taken at clock time `time`."""
-    rows = [[getattr(rec, name) for name in FIELDS] for rec in records]
+def record_row(rec: RequestMetrics) -> list[Any]:
+    """`rec`'s values in `FIELDS` order (its token times copied)."""
+    row = [getattr(rec, name) for name in FIELDS]
+    if rec.token_times is not None:
+        row[-1] = list(rec.token_times)
+    return row
+
+
+def encode_rows(rows: Iterable[list[Any]], time: float) -> bytes:
+    """Encode rows made by `record_row`, taken at clock time `time`."""
     return msgpack.packb(
-        {"version": SNAPSHOT_VERSION, "time": time, "fields": list(FIELDS), "records": rows}, use_bin_type=True
+        {"version": SNAPSHOT_VERSION, "time": time, "fields": list(FIELDS), "records": list(rows)}, use_bin_type=True
     )
 
 
 def decode_snapshot(data: bytes) -> list[RequestMetrics]:
-    """Decode `encode_snapshot` output; raises ValueError for anything else."""
+    """The records of an `encode_rows` payload; raises ValueError for anything else."""
     try:
         payload: Any = msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
