@@ -200,8 +200,9 @@ def split_policy_and_configs() -> None:
     assert num_decode_splits(4, 8, 4096, 132) == 9
     cfg = DecodeConfig(max_splits=4)
     assert all(num_decode_splits(b, 8, 32768, 132, cfg) <= 4 for b in (1, 2, 3))
-    assert default_prefill_config(128, num_programs=32).block_m == 64
-    assert default_prefill_config(128, num_programs=4096).block_m == 128
+    assert default_prefill_config(64, num_programs=32).block_m == 64
+    assert default_prefill_config(64, num_programs=4096).block_m == 128
+    assert default_prefill_config(128, num_programs=4096).block_m == 64
     for bad in ({"block_n": 48}, {"num_warps": 3}, {"max_splits": 0}):
         try:
             DecodeConfig(**bad)
