@@ -77,16 +77,16 @@ def test_double_free_and_foreign_blocks_raise():
     held = list(r.block_ids)
     assert a.free(r) == 2 and r.block_ids == [] and a.num_free == 4
     r.block_ids = held
-    with pytest.raises(RuntimeError, match="not held"):
+    with pytest.raises(RuntimeError, match="does not own"):
         a.free(r)
     other = req("b")
     a.allocate(other, 16)
     thief = req("c")
     thief.block_ids = list(other.block_ids)
-    with pytest.raises(RuntimeError, match="not held"):
+    with pytest.raises(RuntimeError, match="does not own"):
         a.free(thief)
     thief.block_ids = [99]
-    with pytest.raises(RuntimeError, match="not held"):
+    with pytest.raises(RuntimeError, match="does not own"):
         a.free(thief)
     a.check_consistency()
     assert a.num_free == 3

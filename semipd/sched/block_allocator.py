@@ -115,13 +115,15 @@ class BlockAllocator:
         a double free, or blocks of another request or another pool."""
         with self._lock:
             blocks = request.block_ids
+            if not blocks:
+                return 0
+            owner, rid = self._owner, request.rid
+            if (not all(type(b) is int for b in blocks) or min(blocks) < 0 or max(blocks) >= self.num_blocks
+                    or any(owner[b] != rid for b in blocks) or len(set(blocks)) != len(blocks)):
+                raise RuntimeError(f"request {rid}: its block table holds blocks it does not own in this pool "
+                                   f"(double free, or blocks of another request or pool)")
             for b in blocks:
-                if not (isinstance(b, int) and 0 <= b < self.num_blocks) or self._owner[b] != request.rid:
-                    raise RuntimeError(f"request {request.rid}: block {b} is not held by it in this pool")
-            if len(set(blocks)) != len(blocks):
-                raise RuntimeError(f"request {request.rid}: a block appears twice in its block table")
-            for b in blocks:
-                self._owner[b] = None
+                owner[b] = None
             self._free.extend(reversed(blocks))
             request.block_ids = []
             return len(blocks)
