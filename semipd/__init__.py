@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "AggregatedMetrics": "semipd.metrics",
     "MetricsAggregator": "semipd.metrics",
     "InstanceRole": "semipd.metrics",
+    "SemiPDPrometheusExporter": "semipd.metrics",
     "integrate_semi_pd_metrics_with_scheduler": "semipd.metrics",
     "SLOConstraints": "semipd.slo",
     "SLOAwareResourceController": "semipd.slo",
