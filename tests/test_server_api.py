@@ -47,6 +47,14 @@ def test_lifespan_starts_and_stops_engine() -> None:
     assert engine.stopped
 
 
+def test_health_reports_a_stopped_engine() -> None:
+    engine = FakeAsyncEngine()
+    with running(create_app(engine, MODEL)) as server:
+        assert httpx.get(f"{server.url}/health").json() == {"status": "ok"}
+        engine.stop()
+        assert assert_error(httpx.get(f"{server.url}/health"), 503)["code"] == "engine_not_running"
+
+
 def test_models_and_health(client: httpx.Client) -> None:
     models = client.get("/v1/models").json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == [MODEL]
@@ -247,6 +255,19 @@ def test_bad_requests_leave_server_serving(client: httpx.Client, fake: FakeAsync
         client.post("/v1/completions", json=body)
     assert not fake.active
     assert client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}).json()["choices"][0]["text"] == "AB"
+
+
+def test_engine_failure_is_500_and_isolated(client: httpx.Client, fake: FakeAsyncEngine) -> None:
+    fail = [FakeAsyncEngine.FAIL_TOKEN, 1, 2]
+    err = assert_error(client.post("/v1/completions", json={"prompt": fail, "max_tokens": 5}), 500)
+    assert err["type"] == "server_error" and err["code"] == "engine_error" and "boom" in err["message"]
+    resp = client.post("/v1/completions", json={"prompt": fail, "max_tokens": 5, "stream": True})
+    events = sse_events(resp.text)
+    assert resp.status_code == 200 and events[-1] == "[DONE]"
+    assert json.loads(events[0])["choices"][0]["text"] == "A"
+    assert json.loads(events[-2])["error"]["code"] == "engine_error"
+    assert client.post("/v1/completions", json={"prompt": [1], "max_tokens": 2}).json()["choices"][0]["text"] == "AB"
+    assert not fake.active
 
 
 def test_text_prompt_without_tokenizer() -> None:

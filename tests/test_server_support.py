@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 
 from semipd.allocation import SMAllocation
-from semipd.engine.async_engine import QueueFullError
+from semipd.engine.async_engine import QueueFullError, RequestFailedError
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
 from semipd.metrics import SemiPDMetricsCollector
 
@@ -54,7 +54,10 @@ class FakeEngine:
 class FakeAsyncEngine:
     """Streams the letters A, B, C... (token ids 65, 66, ...), one per `token_delay` seconds after
     `first_token_delay`; honours max_tokens and stop strings. Records every request and abort.
-    At most `max_waiting` requests may be in flight at once (a stand-in for the engine's queue)."""
+    At most `max_waiting` requests may be in flight at once (a stand-in for the engine's queue).
+    A request whose prompt starts with token `FAIL_TOKEN` fails (RequestFailedError) after one token."""
+
+    FAIL_TOKEN = 7
 
     def __init__(self, engine: FakeEngine | None = None, max_waiting: int = 64, token_delay: float = 0.0,
                  first_token_delay: float = 0.0, mode: str = "unified") -> None:
@@ -94,6 +97,8 @@ class FakeAsyncEngine:
             for i in range(params.max_tokens):
                 if i:
                     await asyncio.sleep(self.token_delay)
+                    if prompt_token_ids[0] == self.FAIL_TOKEN:
+                        raise RequestFailedError("step 3 failed (RuntimeError: boom); aborted 1 requests")
                 if rid not in self.active:
                     return
                 token = ord(LETTERS[i % 26])
