@@ -10,7 +10,9 @@ import httpx
 import pytest
 from test_server_support import FakeAsyncEngine, FakeEngine, FakeSemiPDEngine, running, wait_until
 
+from semipd.engine.sampling_params import RequestOutput
 from semipd.server import create_app
+from semipd.server.openai_api import ChatFormat, CompletionFormat
 
 MODEL = "fake-model"
 
@@ -373,3 +375,14 @@ def test_metrics(client: httpx.Client) -> None:
         assert name in text, name
     count = next(line for line in text.splitlines() if line.startswith("semipd:time_to_first_token_seconds_count"))
     assert float(count.split()[-1]) >= 1
+
+
+def test_tokens_without_text_still_stream_a_chunk() -> None:
+    partial = RequestOutput(rid="r", new_token_ids=[0xE2], new_text="", token_ids=[0xE2], text="", finished=False,
+                            finish_reason=None, num_prompt_tokens=1, num_output_tokens=1)
+    nothing = RequestOutput(rid="r", new_token_ids=[], new_text="", token_ids=[0xE2], text="", finished=False,
+                            finish_reason=None, num_prompt_tokens=1, num_output_tokens=1)
+    completion, chat = CompletionFormat("cmpl-1", MODEL, False), ChatFormat("chatcmpl-1", MODEL, False)
+    assert [c["choices"][0]["text"] for c in completion.output_chunks(partial)] == [""]
+    assert [c["choices"][0]["delta"] for c in chat.output_chunks(partial)] == [{"content": ""}]
+    assert completion.output_chunks(nothing) == [] and chat.output_chunks(nothing) == []

@@ -61,7 +61,7 @@ def _usage(out: RequestOutput) -> dict[str, int]:
             "total_tokens": out.num_prompt_tokens + out.num_output_tokens}
 
 
-class _Format(ABC):
+class ResponseFormat(ABC):
     """Response and chunk bodies of one endpoint for one request."""
 
     object_full = ""
@@ -101,23 +101,25 @@ class _Format(ABC):
 
     @abstractmethod
     def output_chunks(self, out: RequestOutput) -> list[dict[str, Any]]:
-        """The SSE chunks for one engine output (none when it adds nothing)."""
+        """The SSE chunks for one engine output: one per output with new tokens, even when their text is
+        still empty (an incomplete UTF-8 character), so clients can time every token; none for an
+        output that adds nothing."""
 
 
-class _CompletionFormat(_Format):
+class CompletionFormat(ResponseFormat):
     object_full = object_chunk = "text_completion"
 
     def _full_choice(self, out: RequestOutput) -> dict[str, Any]:
         return {"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}
 
     def output_chunks(self, out: RequestOutput) -> list[dict[str, Any]]:
-        if not out.new_text and not out.finished:
+        if not (out.new_token_ids or out.new_text or out.finished):
             return []
         return [self.chunk({"index": 0, "text": out.new_text, "logprobs": None,
                             "finish_reason": out.finish_reason if out.finished else None})]
 
 
-class _ChatFormat(_Format):
+class ChatFormat(ResponseFormat):
     object_full = "chat.completion"
     object_chunk = "chat.completion.chunk"
 
@@ -131,7 +133,7 @@ class _ChatFormat(_Format):
 
     def output_chunks(self, out: RequestOutput) -> list[dict[str, Any]]:
         chunks = []
-        if out.new_text:
+        if out.new_token_ids or out.new_text:
             chunks.append(self.chunk({"index": 0, "delta": {"content": out.new_text}, "logprobs": None,
                                       "finish_reason": None}))
         if out.finished:
@@ -139,7 +141,7 @@ class _ChatFormat(_Format):
         return chunks
 
 
-async def _sse_body(gen: Generation, out: RequestOutput, fmt: _Format) -> AsyncIterator[str]:
+async def _sse_body(gen: Generation, out: RequestOutput, fmt: ResponseFormat) -> AsyncIterator[str]:
     for chunk in fmt.start_chunks():
         yield sse(chunk)
     try:
@@ -175,7 +177,7 @@ async def _first(gen: Generation) -> RequestOutput:
 
 
 async def _respond(request: Request, client: EngineClient, prompt_ids: list[int], params: SamplingParams,
-                   stream: bool, fmt: _Format) -> Response:
+                   stream: bool, fmt: ResponseFormat) -> Response:
     gen = Generation(client, fmt.rid, prompt_ids, params)
     try:
         if not stream:
@@ -201,7 +203,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     ids = await completion_prompt_ids(body, state.client)
     params = sampling_params(body, len(ids), state.client, body.max_tokens, "max_tokens",
                              COMPLETION_DEFAULT_MAX_TOKENS)
-    fmt = _CompletionFormat(f"cmpl-{uuid.uuid4().hex}", state.served_model_name, _include_usage(body))
+    fmt = CompletionFormat(f"cmpl-{uuid.uuid4().hex}", state.served_model_name, _include_usage(body))
     return await _respond(request, state.client, ids, params, body.stream, fmt)
 
 
@@ -218,7 +220,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     else:
         max_tokens, param = body.max_tokens, "max_tokens"
     params = sampling_params(body, len(ids), state.client, max_tokens, param, None)
-    fmt = _ChatFormat(f"chatcmpl-{uuid.uuid4().hex}", state.served_model_name, _include_usage(body))
+    fmt = ChatFormat(f"chatcmpl-{uuid.uuid4().hex}", state.served_model_name, _include_usage(body))
     return await _respond(request, state.client, ids, params, body.stream, fmt)
 
 
