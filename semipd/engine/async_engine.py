@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from semipd.engine.engine import Engine, StepError
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
 
@@ -177,6 +179,8 @@ class AsyncEngine:
                              num_output_tokens=last.num_output_tokens if last else 0)
 
     def _run(self) -> None:
+        if self.engine.device.type == "cuda":
+            torch.cuda.set_device(self.engine.device)  # a new thread must make the device current before cuBLAS
         while True:
             inbox = self._take_inbox()
             if inbox is None:
