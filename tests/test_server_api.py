@@ -119,6 +119,13 @@ def test_chat_stream(client: httpx.Client) -> None:
     assert chunks[-1]["usage"]["completion_tokens"] == 3 and chunks[-1]["object"] == "chat.completion.chunk"
 
 
+def test_long_prompts_are_tokenized(client: httpx.Client) -> None:
+    long_text = "y" * 20_000
+    assert_error(client.post("/v1/completions", json={"prompt": long_text}), 400, "prompt")
+    assert_error(client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": long_text}]}),
+                 400, "messages")
+
+
 def test_chat_default_max_tokens_is_rest_of_context(client: httpx.Client, fake: FakeAsyncEngine) -> None:
     body = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]}).json()
     prompt, params = fake.requests[body["id"]]

@@ -78,14 +78,19 @@ class EngineClient:
             return await asyncio.to_thread(tokenizer.encode, text)
         return tokenizer.encode(text)
 
-    def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+    async def chat_prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
         """Token ids of `messages` rendered with the model's chat template (400 when it cannot be)."""
         tokenizer = self._require_tokenizer("chat completions need a tokenizer with a chat template")
+
+        def render() -> list[int]:
+            return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+
         try:
-            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if sum(len(m["content"]) for m in messages) > LONG_PROMPT_CHARS:
+                return await asyncio.to_thread(render)
+            return render()
         except Exception as exc:  # template errors (jinja2 raise_exception, missing template) are the input's fault
             raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from None
-        return list(ids)
 
     def _require_tokenizer(self, message: str) -> Any:
         if self.tokenizer is None:

@@ -213,7 +213,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     check_model(body, state.served_model_name)
     check_supported(body)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-    ids = state.client.chat_prompt_ids(messages)
+    ids = await state.client.chat_prompt_ids(messages)
     check_prompt_ids(ids, state.client, "messages")
     if body.max_completion_tokens is not None:
         max_tokens, param = body.max_completion_tokens, "max_completion_tokens"
