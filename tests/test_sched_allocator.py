@@ -58,18 +58,6 @@ def test_append_slot_takes_a_block_only_at_a_boundary():
     assert a.append_slot(r) and len(r.block_ids) == 2  # 5 slots needed
 
 
-def test_append_slots_stops_at_first_failure():
-    a = BlockAllocator(3, 2)
-    rs = [req(str(i), prompt=2) for i in range(3)]
-    for r in rs:
-        a.allocate(r, 2, use_watermark=False)
-        r.append_token(None)
-    assert a.append_slots(rs) == 0
-    a.free(rs[2])
-    assert a.append_slots(rs) == 1
-    assert a.append_slots(rs, 1) == 1
-
-
 def test_double_free_and_foreign_blocks_raise():
     a = BlockAllocator(4, 16)
     r = req("a")

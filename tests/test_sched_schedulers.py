@@ -43,6 +43,8 @@ def run_semipd(pre: PrefillScheduler, dec: DecodeScheduler, max_iters: int = 100
             for r in pre.update(batch, None):
                 dec.add_request(r)
         step = dec.schedule()
+        bs = dec.allocator.block_size
+        assert all(len(r.block_ids) * bs >= r.num_tokens for r in step.decodes), "a decode without KV room"
         if not step.is_empty:
             dec.update(step, None)
     raise AssertionError("schedulers did not drain")

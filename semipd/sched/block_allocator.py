@@ -13,7 +13,6 @@ step; decode growth (`append_slot`) may use the last free block.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 
 from semipd.sched.request import Request
 
@@ -94,19 +93,6 @@ class BlockAllocator:
                 return False
             self._take(request, 1)
             return True
-
-    def append_slots(self, requests: Sequence[Request], start: int = 0) -> int:
-        """`append_slot` for ``requests[start:]`` in order under one lock (one call per decode
-        step). Returns the index of the first request that could not grow, or ``len(requests)``."""
-        bs = self.block_size
-        with self._lock:
-            for i in range(start, len(requests)):
-                r = requests[i]
-                if len(r.block_ids) * bs < r.num_prompt_tokens + r.num_output_tokens:  # r.num_tokens, inlined
-                    if not self._free:
-                        return i
-                    self._take(r, 1)
-            return len(requests)
 
     def free(self, request: Request) -> int:
         """Return every block of `request` to the pool; returns how many.

@@ -5,6 +5,11 @@ step boundary (up to ``max_decode_batch``). Each step grows every running reques
 one KV slot; when the pool is exhausted the newest request (inbox back first, then the
 running batch's back) is preempted back to the prefill queue (recompute) instead of
 failing. Finished requests free their blocks in `update`.
+
+Growth needs a new block only once every ``block_size`` steps, so the scheduler keeps a
+calendar: when a request gets room, it is filed under the step at which that room runs
+out, and each step touches only the requests filed under it (plus new admissions) rather
+than the whole batch.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ class DecodeScheduler:
         self._inbox: deque[Request] = deque()
         self._running: list[Request] = []
         self._running_tokens = 0
+        self._step = 0
+        self._due: dict[int, list[Request]] = {}
+        """Step number -> requests whose KV room runs out at that step."""
+        self._due_step: dict[str, int] = {}
+        """rid -> the step it is filed under (older entries for it are stale)."""
         self._lock = threading.Lock()
 
     def add_request(self, request: Request) -> None:
@@ -68,20 +78,33 @@ class DecodeScheduler:
         on exhaustion), and return the step's batch."""
         with self._lock:
             running = self._running
+            step = self._step
+            grow: list[Request] = []
             while self._inbox and len(running) < self.config.max_decode_batch:
                 r = self._inbox.popleft()
                 r.transition(RequestState.DECODING)
                 running.append(r)
                 self._running_tokens += r.num_tokens
-            i = self.allocator.append_slots(running)
-            while i < len(running):
-                victim = self._inbox.pop() if self._inbox else running.pop()
-                if victim.state is RequestState.DECODING:
-                    self._running_tokens -= victim.num_tokens
-                ops.preempt(victim, self.allocator)
-                self.on_preempt(victim)
-                i = self.allocator.append_slots(running, i)
+                grow.append(r)
+            due_step = self._due_step
+            grow.extend(r for r in self._due.pop(step, ()) if due_step.get(r.rid) == step)
+            for r in grow:
+                while r.state is RequestState.DECODING and not self.allocator.append_slot(r):
+                    self._preempt(self._inbox.pop() if self._inbox else running.pop())
+                if r.state is RequestState.DECODING:
+                    # Room for n tokens now; at step + j the request holds num_tokens + j.
+                    due = step + len(r.block_ids) * self.allocator.block_size - r.num_tokens + 1
+                    due_step[r.rid] = due
+                    self._due.setdefault(due, []).append(r)
+            self._step = step + 1
             return Batch(decodes=list(running))
+
+    def _preempt(self, victim: Request) -> None:
+        if victim.state is RequestState.DECODING:
+            self._running_tokens -= victim.num_tokens
+        self._due_step.pop(victim.rid, None)
+        ops.preempt(victim, self.allocator)
+        self.on_preempt(victim)
 
     def update(self, batch: Batch, tokens: Sequence[int] | None) -> list[Request]:
         """Append each request's token; finish those at ``max_tokens`` or stopped by the
@@ -103,6 +126,7 @@ class DecodeScheduler:
                     reason = ops.decode_step_and_check(r, token, checker)
                 if reason is not None:
                     ops.finish(r, reason, self.allocator)
+                    self._due_step.pop(r.rid, None)
                     added -= r.num_tokens
                     finished.append(r)
             self._running_tokens += added
@@ -122,6 +146,7 @@ class DecodeScheduler:
                 if r.rid == rid:
                     self._running.remove(r)
                     self._running_tokens -= r.num_tokens
+                    self._due_step.pop(rid, None)
                     ops.abort(r, self.allocator)
                     return r
         return None
