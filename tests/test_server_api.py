@@ -305,7 +305,8 @@ def test_api_key() -> None:
 
 
 def test_queue_full_is_503_with_retry_after() -> None:
-    engine = FakeAsyncEngine(max_waiting=1, first_token_delay=0.5)
+    hold = threading.Event()
+    engine = FakeAsyncEngine(max_waiting=1, hold=hold)
     with running(create_app(engine, MODEL)) as server:
         results: list[int] = []
         first = threading.Thread(target=lambda: results.append(
@@ -316,13 +317,14 @@ def test_queue_full_is_503_with_retry_after() -> None:
             resp = httpx.post(f"{server.url}/v1/completions", json=body, timeout=10)
             err = assert_error(resp, 503)
             assert err["code"] == "queue_full" and int(resp.headers["Retry-After"]) >= 1
+        hold.set()
         first.join()
         assert results == [200]
         assert httpx.post(f"{server.url}/v1/completions", json={"prompt": "z", "max_tokens": 1}).status_code == 200
 
 
 def test_disconnect_mid_stream_aborts() -> None:
-    engine = FakeAsyncEngine(token_delay=0.02)
+    engine = FakeAsyncEngine(token_delay=0.05)
     with running(create_app(engine, MODEL)) as server, httpx.Client(base_url=server.url) as c:
         with c.stream("POST", "/v1/completions", json={"prompt": "x", "max_tokens": 100, "stream": True}) as resp:
             lines = resp.iter_lines()

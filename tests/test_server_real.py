@@ -163,16 +163,20 @@ def test_bad_inputs(server: ServeProcess, path: str, body: object, status: int, 
     assert server.status()["num_step_errors"] == 0
 
 
-def test_disconnect_mid_stream_frees_blocks(server: ServeProcess) -> None:
-    body = {"prompt": "x", "max_tokens": MAX_MODEL_LEN - 3, "ignore_eos": True, "stream": True}
-    with httpx.Client(base_url=server.url, timeout=30) as c, c.stream("POST", "/v1/completions", json=body) as resp:
+def test_disconnect_mid_stream_aborts_and_frees_blocks(servers: tuple[ServeProcess, ServeProcess]) -> None:
+    proc = servers[1]
+    body = {"prompt": "x", "max_tokens": 2000, "ignore_eos": True, "stream": True}
+    steps_before = proc.status()["num_steps"]
+    with httpx.Client(base_url=proc.url, headers=proc.headers, timeout=30) as c, \
+            c.stream("POST", "/v1/completions", json=body) as resp:
         assert resp.status_code == 200
         lines = resp.iter_lines()
         next(line for line in lines if line.startswith("data: "))
-        assert server.status()["kv_cache"]["usage"] > 0
-    assert wait_until(lambda: server.status()["kv_cache"]["usage"] == 0, timeout=10)
-    status = server.status()
+        assert proc.status()["kv_cache"]["usage"] > 0
+    assert wait_until(lambda: proc.status()["kv_cache"]["usage"] == 0, timeout=10)
+    status = proc.status()
     assert status["num_unfinished"] == 0 and status["kv_cache"]["num_free_blocks"] == status["kv_cache"]["num_blocks"]
+    assert status["num_steps"] - steps_before < 1000, "the request ran on after its client left"
 
 
 def test_metrics(server: ServeProcess) -> None:

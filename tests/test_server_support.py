@@ -53,19 +53,21 @@ class FakeEngine:
 
 class FakeAsyncEngine:
     """Streams the letters A, B, C... (token ids 65, 66, ...), one per `token_delay` seconds after
-    `first_token_delay`; honours max_tokens and stop strings. Records every request and abort.
-    At most `max_waiting` requests may be in flight at once (a stand-in for the engine's queue).
-    A request whose prompt starts with token `FAIL_TOKEN` fails (RequestFailedError) after one token."""
+    `first_token_delay` (and, with `hold`, once the event is set); honours max_tokens and stop strings.
+    Records every request and abort. At most `max_waiting` requests may be in flight at once (a
+    stand-in for the engine's queue). A request whose prompt starts with token `FAIL_TOKEN` fails
+    (RequestFailedError) after one token."""
 
     FAIL_TOKEN = 7
 
     def __init__(self, engine: FakeEngine | None = None, max_waiting: int = 64, token_delay: float = 0.0,
-                 first_token_delay: float = 0.0, mode: str = "unified") -> None:
+                 first_token_delay: float = 0.0, mode: str = "unified", hold: threading.Event | None = None) -> None:
         self.engine = engine or FakeEngine()
         self.max_waiting = max_waiting
         self.token_delay = token_delay
         self.first_token_delay = first_token_delay
         self.mode = mode
+        self.hold = hold
         self.requests: dict[str, tuple[list[int], SamplingParams]] = {}
         self.active: set[str] = set()
         self.aborted: list[str] = []
@@ -91,6 +93,8 @@ class FakeAsyncEngine:
         collector.record_request_arrival(rid, len(prompt_token_ids))
         try:
             await asyncio.sleep(self.first_token_delay)
+            while self.hold is not None and not self.hold.is_set():
+                await asyncio.sleep(0.005)
             collector.record_prefill_start(rid)
             ids: list[int] = []
             text = ""
