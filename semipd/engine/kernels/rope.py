@@ -67,7 +67,8 @@ def build_rope_cache(
     return torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(dtype)
 
 
-def _check_rope_shapes(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> None:
+def check_rope_args(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> None:
+    """Raise ValueError unless q [T, Hq, D], k [T, Hkv, D], positions [T] and the [max_pos, D] cache agree."""
     if q.dim() != 3 or k.dim() != 3:
         raise ValueError(f"apply_rope: q and k must be [T, H, D], got {tuple(q.shape)} and {tuple(k.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[0] != positions.shape[0]:
@@ -80,7 +81,7 @@ def apply_rope_torch(
     q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q [T, Hq, D] and k [T, Hkv, D] in place (fp32 arithmetic); returns (q, k)."""
-    _check_rope_shapes(q, k, positions, cos_sin_cache)
+    check_rope_args(q, k, positions, cos_sin_cache)
     half = q.shape[-1] // 2
     cos_sin = cos_sin_cache[positions.long()].float()
     cos, sin = cos_sin[:, None, :half], cos_sin[:, None, half:]

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from semipd.engine.kernels.rope import _check_rope_shapes
+from semipd.engine.kernels.rope import check_rope_args
 
 
 @triton.jit
@@ -53,7 +53,7 @@ def apply_rope_triton(
     q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """In-place RoPE on q [T, Hq, D], k [T, Hkv, D] (head_dim contiguous); returns (q, k)."""
-    _check_rope_shapes(q, k, positions, cos_sin_cache)
+    check_rope_args(q, k, positions, cos_sin_cache)
     if q.stride(-1) != 1 or k.stride(-1) != 1 or cos_sin_cache.stride(-1) != 1:
         raise ValueError("apply_rope: q, k and cos_sin_cache must be contiguous in the last dim")
     num_tokens, half = q.shape[0], q.shape[-1] // 2
