@@ -101,7 +101,7 @@ def test_violation_adjusts_and_is_recorded() -> None:
 
 
 def test_cooldown_then_settling_window() -> None:
-    ctrl, _, manager = controller(cooldown_seconds=10.0)
+    ctrl, _, manager = controller(cooldown_seconds=10.0, escalate=False)
     assert ctrl.step(now=0.0).action == "adjust"
     held = ctrl.step(now=5.0)
     assert held.action == "hold" and "cooldown" in held.reason and held.violations  # still observed, not acted on
@@ -109,6 +109,29 @@ def test_cooldown_then_settling_window() -> None:
     assert settling.action == "hold" and "settling" in settling.reason
     assert ctrl.step(now=30.0).action == "adjust"  # the window now holds only the new split's samples
     assert len(manager.history) == 3
+
+
+def test_escalates_only_when_the_last_move_is_not_helping() -> None:
+    ctrl, source, manager = controller(cooldown_seconds=10.0)
+    first = ctrl.step(now=0.0)  # TPOT 90 ms: 1.8x
+    source.metrics = window(ttft=40.0, tpot=70.0)  # better than at the move: the move is taking effect
+    assert "settling" in ctrl.step(now=12.0).reason
+    source.metrics = window(ttft=40.0, tpot=92.0)  # about as bad as at the move: noise, keep waiting
+    assert "settling" in ctrl.step(now=13.0).reason
+    source.metrics = window(ttft=40.0, tpot=100.0)  # worse by more than min_improvement: not enough
+    escalated = ctrl.step(now=14.0)
+    assert escalated.action == "adjust" and escalated.success and "escalating" in escalated.reason
+    assert first.choice is not None and escalated.choice is not None
+    assert escalated.choice.decode_percentage > first.choice.decode_percentage
+    assert len(manager.history) == 3
+
+
+def test_escalation_does_not_teach_the_predictor() -> None:
+    ctrl, source, _ = controller(cooldown_seconds=10.0, predictor="paper")
+    ctrl.step(now=0.0)
+    source.metrics = window(ttft=40.0, tpot=120.0)
+    assert ctrl.step(now=10.0).action == "adjust"  # escalated on a window that mixes both splits
+    assert ctrl.slo_algorithm.predictor.describe()["tpot_points"] == 1
 
 
 def test_without_window_settling_only_the_cooldown_holds() -> None:

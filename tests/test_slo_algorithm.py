@@ -143,12 +143,29 @@ def test_monotone_moves_never_take_sms_from_the_violating_phase() -> None:
     wrong = profile(lambda x: x, lambda y: 10.0, lambda x, y: 10.0 + y)
     guarded = SLOAlgorithm(SLOConstraints(), predictor=wrong)
     ev = guarded.evaluate(window(ttft=200.0), HERE)
-    assert ev.candidates and all(c.prefill_percentage >= 50 for c in ev.candidates)
+    assert ev.candidates and all(c.prefill_percentage > 50 for c in ev.candidates)  # e.g. not 50/40 either
     unguarded = SLOAlgorithm(SLOConstraints(), predictor=wrong, monotone_moves=False)
     choice = unguarded.compute_optimal_allocation(window(ttft=200.0), HERE)
     assert choice is not None and choice.prefill_percentage < 50
     tpot_only = guarded.evaluate(window(tpot=80.0), HERE)
-    assert all(c.decode_percentage >= 50 for c in tpot_only.candidates)
+    assert tpot_only.candidates and all(c.decode_percentage > 50 for c in tpot_only.candidates)
+    both = guarded.evaluate(window(ttft=200.0, tpot=80.0), HERE)
+    assert any(c.prefill_percentage < 50 for c in both.candidates)  # both miss: any trade is open
+
+
+def test_a_forecasting_predictor_acts_before_the_window_shows_a_miss() -> None:
+    # The profile knows the load will need 60 ms per token at 50% decode; the window still reads 20 ms.
+    pred = profile(lambda x: 50.0, lambda y: 3000.0 / y)
+    algo = SLOAlgorithm(SLOConstraints(), predictor=pred)
+    assert pred.forecasts
+    ev = algo.evaluate(window(ttft=50.0, tpot=20.0), HERE)
+    assert ev.violations == pytest.approx({"tpot": 1.2})
+    assert ev.choice is not None and ev.choice.decode_percentage >= 60
+    observed_miss = algo.detect_slo_violations(algo.observe(window(ttft=50.0, tpot=90.0), HERE))
+    assert observed_miss == pytest.approx({"tpot": 1.8})  # the larger of observation and forecast
+    heuristic = SLOAlgorithm(SLOConstraints(), predictor="heuristic")
+    assert not heuristic.predictor.forecasts
+    assert not heuristic.should_adjust_resources(window(ttft=50.0, tpot=20.0), SMAllocation(80, 20))
 
 
 def test_no_candidate_in_bounds_keeps() -> None:

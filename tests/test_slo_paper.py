@@ -23,8 +23,8 @@ def tpot_true(y: float) -> float:
     return 1500.0 / y + 5.0
 
 
-def obs(x: float, ttft: float, tpot: float, rate: float = 10.0) -> Observation:
-    metrics = AggregatedMetrics(request_arrival_rate=rate, request_throughput=rate,
+def obs(x: float, ttft: float, tpot: float, rate: float = 10.0, time: float = 0.0) -> Observation:
+    metrics = AggregatedMetrics(window_end_time=time, request_arrival_rate=rate, request_throughput=rate,
                                 ttft_samples=np.full(20, ttft) if ttft > 0 else np.empty(0),
                                 tpot_samples=np.full(20, tpot) if tpot > 0 else np.empty(0))
     return Observation.from_metrics(metrics, SMAllocation(x, 100 - x), SLOConstraints())
@@ -40,13 +40,20 @@ def trained(xs: list[float], rate: float = 10.0, **kwargs: object) -> PaperPredi
 def test_fit_nonnegative_recovers_exact_line() -> None:
     u = np.array([0.01, 0.02, 0.04])
     a, b, err = fit_nonnegative(u, 300.0 * u + 7.0)
-    assert (a, b) == pytest.approx((300.0, 7.0)) and err < 1e-9
+    assert (a[0], b[0]) == pytest.approx((300.0, 7.0)) and err[0] < 1e-9
 
 
 def test_fit_nonnegative_clamps_to_nonnegative() -> None:
     u = np.array([0.01, 0.02, 0.04])
-    a, b, _ = fit_nonnegative(u, 50.0 - 100.0 * u)  # the unconstrained slope is negative
-    assert a >= 0 and b >= 0
+    y = 50.0 - 100.0 * u  # the unconstrained slope is negative
+    a, b, err = fit_nonnegative(u, y)
+    assert a[0] == 0.0 and b[0] > 0
+    # Rows are independent fits: the batch answers as each row alone would.
+    rows = np.stack([u, 2 * u, u ** 2])
+    a, b, err = fit_nonnegative(rows, y)
+    for i, row in enumerate(rows):
+        single = fit_nonnegative(row, y)
+        assert (a[i], b[i], err[i]) == pytest.approx(tuple(v[0] for v in single))
 
 
 def test_fits_the_curves_and_predicts_unseen_splits() -> None:
@@ -110,6 +117,24 @@ def test_history_keeps_the_latest_splits() -> None:
     assert pred.describe()["ttft_points"] == 4
 
 
+def test_a_reading_far_off_the_fit_falls_back() -> None:
+    pred = trained([30, 40, 50, 60, 70])
+    current = obs(50, 3 * ttft_true(50, 10), tpot_true(50))  # another request mix: 3x the fitted TTFT
+    p = pred.predict(SMAllocation(60, 40), current)
+    assert p.ttft_ms == pytest.approx(3 * ttft_true(50, 10) * 50 / 60)  # scaled from the reading
+    assert p.tpot_ms == pytest.approx(tpot_true(40), rel=1e-6)  # TPOT still fits
+    assert pred.describe()["ttft_fit"] is not None  # kept for when readings agree again
+
+
+def test_old_observations_age_out() -> None:
+    pred = PaperPredictor(max_age_seconds=100.0)
+    for i, x in enumerate((30, 40, 50)):
+        pred.observe(obs(x, ttft_true(x, 10), tpot_true(100 - x), time=10.0 * i))
+    assert pred.describe()["ttft_fit"] is not None
+    pred.observe(obs(60, ttft_true(60, 10), tpot_true(40), time=115.0))  # drops t=0 and t=10
+    assert pred.describe()["ttft_points"] == 2 and pred.describe()["ttft_fit"] is None
+
+
 def test_flat_history_falls_back() -> None:
     pred = PaperPredictor()
     for x in (30, 50, 70):
@@ -121,7 +146,9 @@ def test_flat_history_falls_back() -> None:
 
 @pytest.mark.parametrize(("kwargs", "field"), [({"history_size": 2}, "history_size"),
                                                 ({"min_distinct": 1}, "min_distinct"),
-                                                ({"max_fit_error": 0}, "max_fit_error")])
+                                                ({"max_fit_error": 0}, "max_fit_error"),
+                                                ({"max_age_seconds": -1}, "max_age_seconds"),
+                                                ({"max_anchor_ratio": 1.0}, "max_anchor_ratio")])
 def test_validation(kwargs: dict[str, float], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         PaperPredictor(**kwargs)  # type: ignore[arg-type]

@@ -6,21 +6,25 @@ An SLO needs ``min_samples`` samples in the window to be judged. TTFT also reads
 prefill queue (see `semipd.slo.observation`): a queue of at least ``queue_min_waiting``
 requests whose Little's-law wait exceeds the threshold is a TTFT violation even while
 the percentile, which only moves once the queued requests get their first token, looks
-fine. The algorithm acts only on a violation; a compliant split is never moved, so
-once the SLOs are met the allocation stays put (the threshold above 1 is hysteresis).
+fine. A predictor that `forecasts` (the measured ``profile``, whose predictions are
+absolute rather than scaled from the window) also raises a violation when it predicts one
+for the current split under the window's load, e.g. as soon as the arrival rate jumps and
+before the decode batch has grown into a TPOT miss. The algorithm acts only on a
+violation; a compliant split is never moved, so once the SLOs are met the allocation
+stays put (the threshold above 1 is hysteresis).
 
 Candidates (2.3) are the neighbours of the current split, on the resource manager's
 `SMGrid` when it has one (`semipd.slo.candidates`). With ``monotone_moves`` (default)
-a candidate never takes SMs from the phase whose SLO alone is violated: a phase never
-gets faster with fewer SMs, so such a move can only be a predictor's error. The seed's
+a candidate must give more SMs to the phase whose SLO alone is violated: a phase never
+gets faster with fewer or the same SMs, so any other move is a predictor's error. The seed's
 heuristic makes that error: its factors are relative to a 50% share, so from 72/28 with
 TTFT violated it predicts that 61/39 also meets TTFT, and its throughput term prefers the
 more balanced split; on a load whose only feasible split is far from 50/50 it then
 alternates between two splits forever (`tests/test_controller_closed_loop.py` shows it).
-Each remaining candidate is predicted (2.4) by the
-configured predictor, and so is the current split, so that candidates are compared with
-the same model's view of the current split (the seed's heuristic is biased toward 50%
-and would otherwise look worse or better than the raw observation for no reason).
+Each remaining candidate is predicted (2.4) by the configured predictor, and so is the
+current split, so that candidates are compared with the same model's view of the current
+split (the seed's heuristic is biased toward 50% and would otherwise look worse or better
+than the raw observation for no reason).
 
 Selection (2.5) and the two policies the seed leaves open:
 
@@ -107,17 +111,18 @@ class SLOAlgorithm:
                                         self.queue_min_waiting)
 
     def detect_slo_violations(self, observation: Observation) -> dict[str, float]:
-        """Violated SLOs and their ratios (seed 2.2 at the configured percentiles, plus the queue)."""
+        """Violated SLOs and their ratios: seed 2.2 at the configured percentiles, plus the queue,
+        plus what a forecasting predictor expects of the current split (the larger ratio wins)."""
         slo = self.slo_constraints
+        ttft, tpot = observation.ttft_ms, observation.tpot_ms
+        if self.predictor.forecasts:
+            forecast = self.predictor.predict(observation.allocation, observation)
+            ttft, tpot = max(ttft, forecast.ttft_ms), max(tpot, forecast.tpot_ms)
         violations = {}
-        if observation.ttft_ms > 0:
-            ratio = observation.ttft_ms / slo.ttft_target_ms
-            if ratio > slo.ttft_violation_threshold:
-                violations["ttft"] = ratio
-        if observation.tpot_ms > 0:
-            ratio = observation.tpot_ms / slo.tpot_target_ms
-            if ratio > slo.tpot_violation_threshold:
-                violations["tpot"] = ratio
+        if ttft / slo.ttft_target_ms > slo.ttft_violation_threshold:
+            violations["ttft"] = ttft / slo.ttft_target_ms
+        if tpot / slo.tpot_target_ms > slo.tpot_violation_threshold:
+            violations["tpot"] = tpot / slo.tpot_target_ms
         return violations
 
     def should_adjust_resources(self, metrics: AggregatedMetrics, allocation: SMAllocation) -> bool:
@@ -133,9 +138,13 @@ class SLOAlgorithm:
                  learn: bool = True) -> Evaluation:
         """Detect, generate, predict and select. With `learn`, the predictor first learns from
         the window (pass False when the window still holds samples of an earlier split)."""
-        observation = self.observe(metrics, allocation)
+        return self.decide(self.observe(metrics, allocation), sm_grid, learn)
+
+    def decide(self, observation: Observation, sm_grid: SMGrid | None = None, learn: bool = True) -> Evaluation:
+        """`evaluate` for a window already read with `observe`."""
         if learn:
             self.predictor.observe(observation)
+        allocation = observation.allocation
         violations = self.detect_slo_violations(observation)
         if not violations:
             return Evaluation(observation, violations, None, (), None, "SLOs met: keep")
@@ -149,12 +158,12 @@ class SLOAlgorithm:
 
     def _allowed(self, candidate: ResourceAllocationCandidate, allocation: SMAllocation,
                  violations: dict[str, float]) -> bool:
-        """With `monotone_moves`, whether `candidate` keeps every SM of the phase that alone misses its SLO."""
+        """With `monotone_moves`, whether `candidate` gives more SMs to the phase that alone misses its SLO."""
         if not self.monotone_moves or len(violations) != 1:
             return True
         if "ttft" in violations:
-            return candidate.prefill_percentage >= allocation.prefill_percentage - 1e-9
-        return candidate.decode_percentage >= allocation.decode_percentage - 1e-9
+            return candidate.prefill_percentage > allocation.prefill_percentage + 1e-9
+        return candidate.decode_percentage > allocation.decode_percentage + 1e-9
 
     def _predicted(self, candidate: ResourceAllocationCandidate, observation: Observation
                    ) -> ResourceAllocationCandidate:

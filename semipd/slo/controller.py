@@ -13,6 +13,13 @@ therefore holds (does not evaluate, and does not teach the predictor) until
 window - its length as the metrics report it, ``window_end_time - window_start_time`` -
 has passed, so every sample the next decision uses was produced under the new split.
 Durations are compared, not timestamps, so the collector may run on another clock.
+One exception (``escalate``, default on): once the cooldown is over, if every SLO that
+was violated at the last move now misses by a ratio larger by ``min_improvement``
+(relative; smaller changes count as noise), the move is not helping - it was too small,
+or the load is still growing - and the controller acts again at once instead of waiting
+out the window. A window mixing the old and the new split improves as soon as the new
+split is better, so a move that is taking effect is not escalated.
+Windows that still mix splits never teach the predictor.
 
 Faults. A metrics source or status call that raises, an algorithm error, and a
 reallocation request that returns False or raises are each logged, counted and recorded
@@ -50,7 +57,8 @@ class SLOAwareResourceController:
     `process_rotation_manager` is any `ResourceManager`. `predictor` is a registered
     predictor name or a `Predictor`; `predictor_options` go to its constructor.
     `min_samples` TTFT (resp. TPOT) samples are needed in the window before that SLO is
-    judged. `clock` (default `RealClock`) times cycles and cooldowns. The last
+    judged. `clock` (default `RealClock`) times cycles and cooldowns. `settle_on_window`
+    and `escalate` govern the wait after a move (see the module docstring). The last
     `decision_log_size` decisions are kept. `candidate_bounds`, `queue_min_waiting`,
     `min_improvement` and `monotone_moves` configure the `SLOAlgorithm` (``controller.slo_algorithm``).
     """
@@ -61,7 +69,7 @@ class SLOAwareResourceController:
                  clock: Clock | None = None, decision_log_size: int = 100, settle_on_window: bool = True,
                  candidate_bounds: CandidateBounds | None = None, queue_min_waiting: int | None = 8,
                  min_improvement: float = 0.05, predictor_options: dict[str, Any] | None = None,
-                 monotone_moves: bool = True) -> None:
+                 monotone_moves: bool = True, escalate: bool = True) -> None:
         if not (isinstance(monitoring_interval, (int, float)) and monitoring_interval > 0):
             raise ValueError(f"monitoring_interval must be > 0, got {monitoring_interval!r}")
         if not (isinstance(cooldown_seconds, (int, float)) and cooldown_seconds >= 0):
@@ -74,6 +82,7 @@ class SLOAwareResourceController:
         self.monitoring_interval = float(monitoring_interval)
         self.cooldown_seconds = float(cooldown_seconds)
         self.settle_on_window = settle_on_window
+        self.escalate = escalate
         self.clock: Clock = clock or RealClock()
         self.slo_algorithm = SLOAlgorithm(slo_constraints, predictor, candidate_bounds, min_samples,
                                           queue_min_waiting, min_improvement, predictor_options, monotone_moves)
@@ -82,6 +91,7 @@ class SLOAwareResourceController:
                                      "failed_adjustments", "errors", "status_errors", "metrics_errors",
                                      "algorithm_errors", "reallocation_errors"), 0)
         self._last_adjustment_time: float | None = None
+        self._last_adjustment_violations: dict[str, float] = {}
         self._current_allocation: SMAllocation | None = None
         self._step_lock = threading.Lock()  # one cycle at a time
         self._state_lock = threading.Lock()  # stats and log, held briefly
@@ -158,37 +168,44 @@ class SLOAwareResourceController:
             return self._fault(now, "metrics", "reading the metrics window", exc, allocation)
 
         algorithm = self.slo_algorithm
-        hold_reason = self._hold_reason(now, metrics)
-        if hold_reason is not None:
-            observation = algorithm.observe(metrics, allocation)
-            return Decision(now, "hold", hold_reason, allocation, observation.summary(),
-                            algorithm.detect_slo_violations(observation))
         try:
-            evaluation = algorithm.evaluate(metrics, allocation, grid)
+            observation = algorithm.observe(metrics, allocation)
+            violations = algorithm.detect_slo_violations(observation)
+            hold_reason, settled = self._settling(now, metrics, violations)
+            if hold_reason is not None:
+                return Decision(now, "hold", hold_reason, allocation, observation.summary(), violations)
+            evaluation = algorithm.decide(observation, grid, learn=settled)
         except Exception as exc:
             return self._fault(now, "algorithm", "evaluating the window", exc, allocation)
 
-        record = dict(allocation=allocation, observed=evaluation.observation.summary(),
-                      violations=evaluation.violations, current=evaluation.current,
-                      candidates=evaluation.candidates)
+        record = dict(allocation=allocation, observed=observation.summary(), violations=evaluation.violations,
+                      current=evaluation.current, candidates=evaluation.candidates)
         choice = evaluation.choice
         if choice is None:
             return Decision(now, "keep", evaluation.reason, **record)
-        return self._reallocate(now, choice, evaluation.reason, record)
+        reason = evaluation.reason if settled else f"escalating, the last move is not helping yet; {evaluation.reason}"
+        return self._reallocate(now, choice, reason, violations, record)
 
-    def _hold_reason(self, now: float, metrics: AggregatedMetrics) -> str | None:
+    def _settling(self, now: float, metrics: AggregatedMetrics,
+                  violations: dict[str, float]) -> tuple[str | None, bool]:
+        """(why to hold or None, whether the window holds only samples of the current split)."""
         if self._last_adjustment_time is None:
-            return None
+            return None, True
         elapsed = now - self._last_adjustment_time
         if elapsed < self.cooldown_seconds:
-            return f"cooldown: {elapsed:.3g}s since the last adjustment (< {self.cooldown_seconds:.3g}s)"
+            return f"cooldown: {elapsed:.3g}s since the last adjustment (< {self.cooldown_seconds:.3g}s)", False
         window = metrics.window_end_time - metrics.window_start_time
-        if self.settle_on_window and elapsed < window:
-            return (f"settling: the {window:.3g}s window still holds samples from before the last adjustment "
-                    f"({elapsed:.3g}s ago)")
-        return None
+        if not self.settle_on_window or elapsed >= window:
+            return None, True
+        grown = 1.0 + self.slo_algorithm.min_improvement
+        before = self._last_adjustment_violations
+        if self.escalate and all(violations.get(slo, 0.0) >= ratio * grown for slo, ratio in before.items()):
+            return None, False
+        return (f"settling: the {window:.3g}s window still holds samples from before the last adjustment "
+                f"({elapsed:.3g}s ago)"), False
 
-    def _reallocate(self, now: float, choice: SMAllocation, reason: str, record: dict[str, Any]) -> Decision:
+    def _reallocate(self, now: float, choice: SMAllocation, reason: str, violations: dict[str, float],
+                    record: dict[str, Any]) -> Decision:
         error = None
         try:
             success = bool(self.process_rotation_manager.request_sm_reallocation(choice))
@@ -204,6 +221,7 @@ class SLOAwareResourceController:
         if success:
             logger.info("SLO controller: %s -> %s (%s)", record["allocation"], choice, reason)
             self._last_adjustment_time = now
+            self._last_adjustment_violations = dict(violations)
             self._current_allocation = choice
         else:
             logger.warning("SLO controller: reallocation %s -> %s refused%s", record["allocation"], choice,

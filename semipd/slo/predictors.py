@@ -10,7 +10,9 @@ registry (`create_predictor("heuristic")`, `register_predictor`):
   current split, never with the raw observation.
 - ``paper`` (`semipd.slo.paper.PaperPredictor`): the paper's latency model fitted online.
 - ``profile`` (`ProfilePredictor`): defers to a measured profile, any callable
-  ``(allocation, metrics) -> (ttft_ms, tpot_ms, throughput)``.
+  ``(allocation, metrics) -> (ttft_ms, tpot_ms, throughput)``. Its predictions are
+  absolute, so it `forecasts`: a miss it predicts for the current split counts as a
+  violation before the window shows it.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class Predictor(ABC):
     """Predicts the performance of a split from the current observation."""
 
     name: ClassVar[str]
+    forecasts: ClassVar[bool] = False
+    """True when predictions are absolute (not scaled from the current window), so that a
+    prediction for the current split is a forecast the algorithm may act on before the
+    window shows a miss."""
 
     def observe(self, observation: Observation) -> None:
         """Learn from a window measured entirely under ``observation.allocation`` (default: nothing)."""
@@ -131,6 +137,7 @@ class ProfilePredictor(Predictor):
     """
 
     name = "profile"
+    forecasts = True
 
     def __init__(self, profile: PerformanceProfile | ProfileFunction | None = None) -> None:
         if profile is None:
