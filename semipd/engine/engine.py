@@ -80,7 +80,7 @@ class Engine:
         self.model_config = self.model.config
         self.tokenizer: Tokenizer | None = load_tokenizer(config, model_config.eos_token_ids,
                                                           model_config.bos_token_id, model_config.vocab_size)
-        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(model_config.eos_token_ids)
+        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)  # the config's, generation_config's, tokenizer's
         self.kv_cache = self._allocate_kv_cache()
         self.graph_runner: GraphRunner | None = None
         if not config.enforce_eager:
