@@ -65,7 +65,7 @@ class Evaluation:
 
     observation: Observation
     violations: dict[str, float]
-    """Violated SLOs ("ttft", "tpot") and their observed percentile / target ratios."""
+    """Violated SLOs ("ttft", "tpot") and their ratios to target (see `SLOAlgorithm.detect_slo_violations`)."""
     current: ResourceAllocationCandidate | None
     """The current split as predicted (None when nothing was violated, so nothing was predicted)."""
     candidates: tuple[ResourceAllocationCandidate, ...]
@@ -140,12 +140,14 @@ class SLOAlgorithm:
         the window (pass False when the window still holds samples of an earlier split)."""
         return self.decide(self.observe(metrics, allocation), sm_grid, learn)
 
-    def decide(self, observation: Observation, sm_grid: SMGrid | None = None, learn: bool = True) -> Evaluation:
-        """`evaluate` for a window already read with `observe`."""
+    def decide(self, observation: Observation, sm_grid: SMGrid | None = None, learn: bool = True,
+               violations: dict[str, float] | None = None) -> Evaluation:
+        """`evaluate` for a window already read with `observe` (and its `violations`, if already detected)."""
         if learn:
             self.predictor.observe(observation)
         allocation = observation.allocation
-        violations = self.detect_slo_violations(observation)
+        if violations is None:
+            violations = self.detect_slo_violations(observation)
         if not violations:
             return Evaluation(observation, violations, None, (), None, "SLOs met: keep")
         current = self._predicted(ResourceAllocationCandidate(allocation.prefill_percentage,
@@ -183,7 +185,7 @@ class SLOAlgorithm:
     def _select(self, candidates: tuple[ResourceAllocationCandidate, ...], current: ResourceAllocationCandidate,
                 allocation: SMAllocation) -> tuple[SMAllocation | None, str]:
         if not candidates:
-            return None, "no candidate split within bounds: keep"
+            return None, "no candidate split within bounds that gives SMs to the phase missing its SLO: keep"
         feasible = [c for c in candidates if c.meets_slo]
         if feasible:
             top = max(c.predicted_throughput or 0.0 for c in feasible)

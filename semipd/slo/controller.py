@@ -174,11 +174,11 @@ class SLOAwareResourceController:
             hold_reason, settled = self._settling(now, metrics, violations)
             if hold_reason is not None:
                 return Decision(now, "hold", hold_reason, allocation, observation.summary(), violations)
-            evaluation = algorithm.decide(observation, grid, learn=settled)
+            evaluation = algorithm.decide(observation, grid, learn=settled, violations=violations)
         except Exception as exc:
             return self._fault(now, "algorithm", "evaluating the window", exc, allocation)
 
-        record = dict(allocation=allocation, observed=observation.summary(), violations=evaluation.violations,
+        record = dict(allocation=allocation, observed=observation.summary(), violations=violations,
                       current=evaluation.current, candidates=evaluation.candidates)
         choice = evaluation.choice
         if choice is None:
