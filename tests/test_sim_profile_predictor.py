@@ -1,0 +1,60 @@
+"""PerfModelProfile: the simulator's profile for slo:profile."""
+
+from __future__ import annotations
+
+import pytest
+
+from semipd.allocation import SMGrid
+from semipd.metrics.aggregated import AggregatedMetrics
+from semipd.sim.perf_model import get_perf_model
+from semipd.sim.profile_predictor import OVERLOAD, PerfModelProfile
+from semipd.slo import PerformanceProfile, SLOConstraints, create_predictor
+
+PERF = get_perf_model("llama-3.1-8b-h100")
+GRID = SMGrid(132, 8, 8)
+SPLITS = [GRID.allocation(p) for p in range(32, 105, 8)]
+
+
+def window(rate: float, mean_in: float, mean_out: float) -> AggregatedMetrics:
+    return AggregatedMetrics(window_start_time=0.0, window_end_time=30.0, request_arrival_rate=rate,
+                             request_throughput=rate, input_token_throughput=rate * mean_in,
+                             output_token_throughput=rate * mean_out)
+
+
+def test_is_a_performance_profile_usable_by_the_profile_predictor():
+    profile = PerfModelProfile(PERF, SLOConstraints())
+    assert isinstance(profile, PerformanceProfile)
+    assert create_predictor("profile", profile=profile).name == "profile"
+
+
+def test_more_sms_for_a_phase_means_lower_latency_for_it():
+    profile = PerfModelProfile(PERF, SLOConstraints())
+    preds = [profile.predict(a, window(8.0, 500, 300)) for a in SPLITS]  # light prefill: little interference
+    ttfts = [p[0] for p in preds]
+    tpots = [p[1] for p in preds]
+    assert ttfts == sorted(ttfts, reverse=True)  # prefill share grows along SPLITS
+    # Decode gains little past ~64 SMs (and a prefill on fewer SMs is busier, so interferes longer),
+    # but starves below that.
+    assert tpots[-1] == max(tpots) and tpots[-1] > 1.2 * min(tpots)
+    assert tpots[4:] == sorted(tpots[4:])
+    assert all(p[2] == pytest.approx(8.0) for p in preds)  # every split carries the load
+
+
+def test_overload_is_reported_as_a_large_finite_latency_and_a_capped_throughput():
+    profile = PerfModelProfile(PERF, SLOConstraints())
+    ttft, _, thr = profile.predict(GRID.allocation(32), window(10.0, 4000, 20))  # ~40k prompt tokens/s
+    ttft_ok, _, thr_ok = profile.predict(GRID.allocation(104), window(4.0, 4000, 20))
+    assert ttft >= OVERLOAD * 100 and thr < 10.0
+    assert ttft_ok < 1000 and thr_ok == pytest.approx(4.0)
+    _, tpot, thr = profile.predict(GRID.allocation(104), window(40.0, 300, 1000))
+    assert tpot > 100 and thr < 40.0
+
+
+def test_lengths_come_from_the_window_and_persist_without_completions():
+    profile = PerfModelProfile(PERF, SLOConstraints())
+    alloc = GRID.allocation(64)
+    short = profile.predict(alloc, window(8.0, 200, 300))
+    long_ = profile.predict(alloc, window(8.0, 3000, 300))
+    assert long_[0] > short[0]
+    idle = AggregatedMetrics(window_end_time=30.0, request_arrival_rate=8.0)  # nothing completed
+    assert profile.predict(alloc, idle) == long_
