@@ -24,7 +24,7 @@ from typing import Any
 
 from semipd.clock import VirtualClock
 from semipd.metrics.collector import SemiPDMetricsCollector
-from semipd.sched import Request
+from semipd.sched import PrefillChunk, Request, RequestState
 from semipd.sim.results import RequestRecord
 from semipd.workload import WorkloadRequest
 
@@ -51,7 +51,6 @@ class SimExecutor(ABC):
         n = len(self.requests)
         self.first_token: list[float | None] = [None] * n
         self.completion: list[float | None] = [None] * n
-        self.aborted: list[bool] = [False] * n
         self._index = {r.rid: k for k, r in enumerate(self.requests)}
         self._prefill_started = [False] * n
         self._decode_started = [False] * n
@@ -110,14 +109,15 @@ class SimExecutor(ABC):
         try:
             queue(request)
         except ValueError:
-            k = self._index[request.rid]
-            self.aborted[k] = True
+            request.finish_reason = "abort"
+            request.transition(RequestState.ABORTED)
             self.num_done += 1
             self.collector.record_request_abort(request.rid, timestamp=t)
             return False
         return True
 
-    def record_prefill_starts(self, batch_chunks: Sequence[Any], t: float) -> None:
+    def record_prefill_starts(self, batch_chunks: Sequence[PrefillChunk], t: float) -> None:
+        """Prefill start of each request whose first chunk is in the batch (once per request)."""
         started = self._prefill_started
         for c in batch_chunks:
             if c.start == 0:
