@@ -19,6 +19,10 @@ with a steady-state queueing model of the window's load:
   overload;
 - throughput: the arrival rate, capped by the smaller of the two phases' capacities, so
   every split that carries the whole load ties and the algorithm prefers headroom.
+
+Limitation: lengths are known only once requests complete, so for a while after the mix
+changes (long prompts giving way to long answers, say) the fresh arrival rate is combined
+with the old mix's lengths, and predictions are off until the window turns over.
 """
 
 from __future__ import annotations
