@@ -52,9 +52,10 @@ def test_slo_control_beats_the_best_static_split_on_a_phased_workload():
     96+ prefill SMs, the second about 72 or fewer, so every static split fails one phase.
 
     The controller runs on a 10 s window every 2 s: a phase change must be answered within
-    the phase. TPOT is known only when a request completes (here ~10 s after it starts
-    decoding), so a 30 s window plus a settling window per 16-SM move takes most of a phase
-    to follow the change (see the report of this test's scenario in the project notes)."""
+    the phase. With the defaults (30 s window, 5 s period) it needs most of a two-minute
+    phase to follow a change: TPOT is known only when a request completes (here ~10 s after
+    it starts decoding), one decision moves at most 16 SMs, and each move waits for the
+    window to turn over. With 5-minute phases the defaults beat every static split too."""
     wl = phased_workload([Phase(120, 7, **PREFILL_HEAVY), Phase(120, 17, **DECODE_HEAVY)], seed=0)
     config = SimConfig(slo=SLO, window_size_seconds=10, monitoring_interval=2, cooldown_seconds=4)
     grid = SMGrid(132, config.sm_granularity, config.min_sms)
