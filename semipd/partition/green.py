@@ -9,7 +9,7 @@ stream created from its green context, wrapped as a ``torch.cuda.ExternalStream`
 Switch protocol (no request is dropped, duplicated or stalled)::
 
     controller                       prefill worker               decode worker
-    request_sm_reallocation(a) ----> target := a, gen += 1
+    request_sm_reallocation(a) ----> target := a, gen += 1, listeners notified (wake the workers)
                                      next iteration boundary:     next step boundary:
                                      partition("prefill")         partition("decode")
                                      -> stream of a, ack(gen)     -> stream of a, ack(gen)
@@ -17,6 +17,12 @@ Switch protocol (no request is dropped, duplicated or stalled)::
 
 Work already launched on the old stream finishes there; a worker that moves orders its new
 stream after its old one (``wait_stream``) so its own work stays in order.
+
+Factories. `GreenContextFactory` makes disjoint SM partitions; `SharedStreamFactory` makes
+two plain streams over the whole GPU (CUDA without green contexts, or partitioning turned
+off); with no factory (CPU) partitions carry no streams. The manager's status names the
+backend (``green_contexts``, ``shared_streams``, ``none``) and, when partitions were wanted
+but cannot be had, why (``unavailable_reason``).
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from semipd.allocation import SMAllocation, SMGrid
 from semipd.clock import Clock, RealClock
@@ -34,11 +41,17 @@ logger = logging.getLogger(__name__)
 
 PHASES = ("prefill", "decode")
 
+HOPPER_SPLIT_GRANULARITY = 8
+"""SMs per split step (and the least on each side) on compute capability 9.x."""
+
+ReallocationListener = Callable[[SMAllocation, bool], None]
+"""``listener(allocation, accepted)``: called after every reallocation request."""
+
 
 @dataclass(frozen=True)
 class Partition:
     """One pre-created split: prefill's SMs and stream, decode's SMs and stream.
-    Streams are None when the backend has no real partitions (CPU)."""
+    Streams are None when the backend has no streams (CPU)."""
 
     prefill_sms: int
     decode_sms: int
@@ -50,6 +63,15 @@ class Partition:
 
     def sms(self, phase: str) -> int:
         return self.prefill_sms if phase == "prefill" else self.decode_sms
+
+
+class PartitionFactory(Protocol):
+    """Creates the partition giving `prefill_sms` SMs to prefill."""
+
+    backend: str
+    total_sms: int
+
+    def create(self, prefill_sms: int) -> Partition: ...
 
 
 def green_contexts_unavailable_reason(device_index: int = 0) -> str | None:
@@ -75,12 +97,15 @@ def green_contexts_unavailable_reason(device_index: int = 0) -> str | None:
 class GreenContextFactory:
     """Creates disjoint (group, remainder) stream pairs with the driver API."""
 
+    backend = "green_contexts"
+
     def __init__(self, device_index: int = 0) -> None:
         import torch
         from cuda.bindings import driver as cu
 
         self._cu = cu
         self._torch = torch
+        self.device_index = device_index
         torch.cuda.init()
         torch.zeros(1, device=f"cuda:{device_index}")  # make the primary context current
         self._check(cu.cuInit(0))
@@ -89,6 +114,11 @@ class GreenContextFactory:
             cu.cuDeviceGetDevResource(self._dev, cu.CUdevResourceType.CU_DEV_RESOURCE_TYPE_SM))
         self.total_sms = int(self._sm_resource.sm.smCount)
         self._keep: list[Any] = []  # green contexts must outlive their streams
+
+    def grid(self) -> SMGrid:
+        """The splits this device can make (Hopper: multiples of 8 SMs, at least 8 a side)."""
+        g = HOPPER_SPLIT_GRANULARITY
+        return SMGrid(self.total_sms, g, g)
 
     def _check(self, result: tuple) -> Any:
         if int(result[0]) != 0:
@@ -101,7 +131,7 @@ class GreenContextFactory:
         ctx = self._check(cu.cuGreenCtxCreate(desc, self._dev, cu.CUgreenCtxCreate_flags.CU_GREEN_CTX_DEFAULT_STREAM))
         raw = self._check(cu.cuGreenCtxStreamCreate(ctx, cu.CUstream_flags.CU_STREAM_NON_BLOCKING, 0))
         self._keep.append((ctx, raw))
-        return self._torch.cuda.ExternalStream(int(raw))
+        return self._torch.cuda.ExternalStream(int(raw), device=self._torch.device("cuda", self.device_index))
 
     def create(self, prefill_sms: int) -> Partition:
         """A split with `prefill_sms` SMs for prefill (as granted by the driver) and the rest for decode."""
@@ -113,17 +143,41 @@ class GreenContextFactory:
         return Partition(int(group.sm.smCount), int(remainder.sm.smCount), self._stream(group), self._stream(remainder))
 
 
-class PartitionManager:
-    """`ResourceManager` over pre-created partitions. With ``factory=None`` (CPU, or no green
-    contexts) it keeps the same bookkeeping and protocol but hands out no streams."""
+class SharedStreamFactory:
+    """Two plain CUDA streams over the whole GPU: the two workers overlap but nothing limits
+    either phase's SMs. The SM counts of its partitions are nominal."""
 
-    def __init__(self, grid: SMGrid, initial_sm_allocation: SMAllocation, factory: GreenContextFactory | None = None,
+    backend = "shared_streams"
+
+    def __init__(self, total_sms: int, device_index: int = 0) -> None:
+        import torch
+
+        self._torch = torch
+        self.total_sms = total_sms
+        self.device_index = device_index
+
+    def create(self, prefill_sms: int) -> Partition:
+        device = self._torch.device("cuda", self.device_index)
+        return Partition(prefill_sms, self.total_sms - prefill_sms, self._torch.cuda.Stream(device),
+                         self._torch.cuda.Stream(device))
+
+
+class PartitionManager:
+    """`ResourceManager` over pre-created partitions. With ``factory=None`` (CPU) it keeps the
+    same bookkeeping and protocol but hands out no streams. `unavailable_reason` says why
+    SM partitions could not be had (shown in the status)."""
+
+    def __init__(self, grid: SMGrid, initial_sm_allocation: SMAllocation, factory: PartitionFactory | None = None,
                  reachable_prefill_sms: list[int] | None = None, clock: Clock | None = None,
-                 latency_history: int = 1000) -> None:
+                 latency_history: int = 1000, unavailable_reason: str | None = None) -> None:
         self.grid = grid
         self._factory = factory
         self._clock = clock or RealClock()
-        self._reachable = sorted(reachable_prefill_sms or grid.prefill_sm_choices())
+        self.unavailable_reason = unavailable_reason
+        self._reachable = sorted(set(reachable_prefill_sms or grid.prefill_sm_choices()))
+        bad = [p for p in self._reachable if p not in grid.prefill_sm_choices()]
+        if bad:
+            raise ValueError(f"reachable_prefill_sms {bad} are not splits of {grid}")
         self._target = grid.prefill_sms(initial_sm_allocation)
         if self._target not in self._reachable:
             raise ValueError(f"initial allocation {initial_sm_allocation} is outside reachable_prefill_sms")
@@ -133,9 +187,25 @@ class PartitionManager:
         self._requested_at = self._clock.now()
         self._acked: dict[str, int] = {p: 0 for p in PHASES}
         self._ack_time: dict[str, float] = {}
+        self._listeners: tuple[ReallocationListener, ...] = ()
         self.switch_latencies: deque[float] = deque(maxlen=latency_history)
         self.num_reallocations = 0
+        self.num_refused = 0
         self.running = False
+
+    @property
+    def backend(self) -> str:
+        return self._factory.backend if self._factory else "none"
+
+    @property
+    def reachable_prefill_sms(self) -> list[int]:
+        return list(self._reachable)
+
+    def add_listener(self, listener: ReallocationListener) -> None:
+        """Call ``listener(allocation, accepted)`` after each `request_sm_reallocation` (in the
+        caller's thread, outside the manager's lock; exceptions are logged)."""
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
 
     # -- ResourceManager protocol ------------------------------------------------
     def start(self) -> None:
@@ -153,19 +223,36 @@ class PartitionManager:
 
     def request_sm_reallocation(self, new_allocation: SMAllocation) -> bool:
         """Schedule a switch; raises ValueError for a split this manager cannot realise."""
-        p = self.grid.prefill_sms(new_allocation)
-        if p not in self._reachable:
-            raise ValueError(f"allocation {new_allocation} ({p} prefill SMs) was not pre-created; "
-                             f"reachable prefill SMs: {self._reachable}")
+        try:
+            p = self.grid.prefill_sms(new_allocation)
+            if p not in self._reachable:
+                raise ValueError(f"allocation {new_allocation} ({p} prefill SMs) was not pre-created; "
+                                 f"reachable prefill SMs: {self._reachable}")
+        except ValueError:
+            with self._lock:
+                self.num_refused += 1
+            self._notify(new_allocation, False)
+            raise
         with self._lock:
-            if p == self._target:
-                return True
-            self._target = p
-            self._generation += 1
-            self._requested_at = self._clock.now()
-            self._ack_time.clear()
-            self.num_reallocations += 1
+            if p != self._target:
+                self._target = p
+                self._generation += 1
+                self._requested_at = self._clock.now()
+                self._ack_time.clear()
+                self.num_reallocations += 1
+        self._notify(new_allocation, True)
         return True
+
+    def _notify(self, allocation: SMAllocation, accepted: bool) -> None:
+        for listener in self._listeners:
+            try:
+                listener(allocation, accepted)
+            except Exception:
+                logger.warning("reallocation listener %r failed", listener, exc_info=True)
+
+    def current_allocation(self) -> SMAllocation:
+        """The allocation the workers are (or are moving) to."""
+        return self.grid.allocation(self._target)
 
     def get_status(self) -> dict[str, Any]:
         with self._lock:
@@ -174,7 +261,9 @@ class PartitionManager:
             lat = sorted(self.switch_latencies)
         alloc = self.grid.allocation(self._target)
         status: dict[str, Any] = {
-            "backend": "green_contexts" if self._factory else "none",
+            "backend": self.backend,
+            "sm_limited": self.backend == "green_contexts",
+            "unavailable_reason": self.unavailable_reason,
             "running": self.running,
             "current_sm_allocation": alloc.as_dict(),
             "prefill_sms": part.prefill_sms,
@@ -182,6 +271,7 @@ class PartitionManager:
             "sm_grid": self.grid.as_dict(),
             "reachable_prefill_sms": list(self._reachable),
             "num_reallocations": self.num_reallocations,
+            "num_refused": self.num_refused,
             "switch_pending_for": pending,
         }
         if lat:

@@ -1,0 +1,130 @@
+"""Start-up pieces of the Semi-PD engine: the SM partitions it can reach and the decode CUDA
+graphs captured on each of them.
+
+Partitions. On a GPU with green contexts (and ``controller != "off"``) every reachable
+split is a real pair of disjoint SM groups. On a GPU without them, or with the controller
+off, both workers get a plain stream over the whole GPU (``shared_streams``). On the CPU
+the partitions carry no streams (``none``), over a nominal grid of 100 "SMs" in steps of
+10, so the controller and the switch protocol still run. Whenever real partitions were
+wanted but cannot be had, the reason is logged and kept in the status.
+
+Graphs. A CUDA graph keeps the SMs of the stream it was captured on, so decode graphs are
+captured once per reachable partition on that partition's decode stream (keyed by its
+prefill SM count), and the decode worker replays the set of its current partition.
+Capture time and the device memory the graphs took are measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from semipd.allocation import SMAllocation, SMGrid
+from semipd.engine.cuda_graphs import GraphRunner
+from semipd.engine.semipd_config import SemiPDConfig
+from semipd.partition.green import (
+    GreenContextFactory,
+    PartitionFactory,
+    PartitionManager,
+    SharedStreamFactory,
+    green_contexts_unavailable_reason,
+)
+
+logger = logging.getLogger(__name__)
+
+CPU_GRID = SMGrid(total_sms=100, granularity=10, min_sms=10)
+"""Nominal grid without a GPU: percentages in steps of 10."""
+
+
+def _cuda_grid(device: torch.device) -> SMGrid:
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return SMGrid(sms, 8, 8) if sms >= 16 else SMGrid(sms, 1, 1)
+
+
+def reachable_splits(grid: SMGrid, config: SemiPDConfig) -> list[int]:
+    """Prefill SM counts to pre-create: the configured ones, else every split of `grid`
+    within the configured prefill range; always including the initial split."""
+    initial = grid.prefill_sms(grid.nearest(_initial_allocation(config)))
+    if config.controller == "off":
+        return [initial]
+    if config.reachable_prefill_sms is not None:
+        chosen = set(config.reachable_prefill_sms)
+        bad = sorted(p for p in chosen if p not in grid.prefill_sm_choices())
+        if bad:
+            raise ValueError(f"reachable_prefill_sms {bad} are not splits of {grid}; choose from "
+                             f"{grid.prefill_sm_choices()}")
+    else:
+        lo, hi = config.min_prefill_percent, config.max_prefill_percent
+        chosen = {p for p in grid.prefill_sm_choices() if lo - 1e-9 <= 100.0 * p / grid.total_sms <= hi + 1e-9}
+    return sorted(chosen | {initial})
+
+
+def _initial_allocation(config: SemiPDConfig) -> SMAllocation:
+    p = config.initial_prefill_sm_percent
+    return SMAllocation(p, 100.0 - p)
+
+
+def build_partition_manager(device: torch.device, config: SemiPDConfig) -> PartitionManager:
+    """The `PartitionManager` for `device` and `config` (partitions not created yet: call start())."""
+    factory: PartitionFactory | None = None
+    reason: str | None = None
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if config.controller != "off":
+            reason = green_contexts_unavailable_reason(index)
+        if config.controller != "off" and reason is None:
+            factory = GreenContextFactory(index)
+            grid = factory.grid()
+        else:
+            grid = _cuda_grid(device)
+            factory = SharedStreamFactory(grid.total_sms, index)
+    else:
+        grid = CPU_GRID
+        reason = "no CUDA device: the workers run without SM partitions"
+    if config.controller == "off":
+        reason = "controller 'off': the workers share every SM"
+    elif reason is not None:
+        logger.warning("semi-pd: no SM partitions (%s); the two workers run side by side without SM limits", reason)
+    reachable = reachable_splits(grid, config)
+    initial = grid.nearest(_initial_allocation(config))
+    return PartitionManager(grid, initial, factory, reachable, unavailable_reason=reason)
+
+
+@dataclass(frozen=True)
+class GraphCapture:
+    """What capturing the decode graphs cost."""
+
+    num_partitions: int
+    num_graphs: int
+    seconds: float
+    memory_bytes: int
+    """Device memory that went from free to used during the captures (graph pool and graph objects)."""
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"partitions": self.num_partitions, "graphs": self.num_graphs, "capture_seconds": round(self.seconds, 3),
+                "memory_mib": round(self.memory_bytes / 2**20, 1)}
+
+
+def capture_partition_graphs(graphs: GraphRunner, manager: PartitionManager, max_partitions: int) -> GraphCapture:
+    """Capture one decode graph set per partition of `manager` (started, with streams) on its
+    decode stream. More partitions than `max_partitions` is a ValueError (bounded cost)."""
+    parts = manager.partitions()
+    if len(parts) > max_partitions:
+        raise ValueError(f"max_graph_partitions is {max_partitions} but {len(parts)} partitions are reachable "
+                         f"({sorted(parts)}); narrow reachable_prefill_sms or raise max_graph_partitions")
+    device = graphs.model.device
+    torch.cuda.synchronize(device)
+    free_before, _ = torch.cuda.mem_get_info(device)
+    start = time.perf_counter()
+    for key, part in sorted(parts.items()):
+        graphs.capture(key=key, stream=part.decode_stream)
+    torch.cuda.synchronize(device)
+    free_after, _ = torch.cuda.mem_get_info(device)
+    capture = GraphCapture(len(parts), len(parts) * len(graphs.buckets), time.perf_counter() - start,
+                           max(0, free_before - free_after))
+    logger.info("semi-pd: captured %d decode graphs over %d partitions in %.1f s (%.0f MiB)", capture.num_graphs,
+                capture.num_partitions, capture.seconds, capture.memory_bytes / 2**20)
+    return capture

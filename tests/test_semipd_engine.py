@@ -1,0 +1,283 @@
+"""The Semi-PD engine on CPU with the tiny preset: two worker threads over one KV cache give the
+same greedy tokens as the unified engine while partitions switch every few iterations; every
+request finishes, every KV block comes back; aborts mid-flight and failing worker batches are
+survived."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import pytest
+from test_model_helpers import random_prompt
+
+from semipd.engine import LLM, EngineConfig, SamplingParams, StepError
+from semipd.engine.semipd_config import SemiPDConfig
+from semipd.engine.semipd_engine import SemiPDEngine
+from semipd.metrics import SemiPDPrometheusExporter
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
+DEADLINE_S = 20.0
+
+
+def make_engine(controller: str = "static", **overrides) -> SemiPDEngine:
+    kwargs = dict(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=256,
+                  max_num_batched_tokens=48, max_num_seqs=8)
+    kwargs.update(overrides)
+    return SemiPDEngine(EngineConfig(**kwargs), SemiPDConfig(controller=controller, monitoring_interval=0.05))
+
+
+@pytest.fixture
+def engine():
+    e = make_engine()
+    yield e
+    e.stop()
+    assert not e.prefill_worker.is_alive() and not e.decode_worker.is_alive()
+
+
+def force_repartitions(engine: SemiPDEngine, every: int = 3) -> None:
+    """Request a new split every `every` worker boundaries, cycling through the reachable ones."""
+    pm = engine.partitions
+    original = pm.partition
+    choices = pm.reachable_prefill_sms
+    counter = itertools.count()
+
+    def partition(phase: str):
+        n = next(counter)
+        if n % every == 0:
+            pm.request_sm_reallocation(pm.grid.allocation(choices[(n // every) % len(choices)]))
+        return original(phase)
+
+    pm.partition = partition
+
+
+def run_to_completion(engine: SemiPDEngine, timeout: float = DEADLINE_S) -> dict[str, list]:
+    """Step until nothing is unfinished; the outputs of each request, in order."""
+    outs: dict[str, list] = {}
+    deadline = time.monotonic() + timeout
+    while engine.has_unfinished():
+        assert time.monotonic() < deadline, f"stalled: {engine.get_status()}"
+        for out in engine.step():
+            outs.setdefault(out.rid, []).append(out)
+    return outs
+
+
+def prompts(n: int, seed: int = 0) -> list[list[int]]:
+    return [random_prompt(3 + (7 * i) % 60, seed=seed + i) for i in range(n)]
+
+
+def reference(ps: list[list[int]], params: SamplingParams = GREEDY, **kwargs) -> list[list[int]]:
+    llm = LLM("tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=256, **kwargs)
+    return [o.token_ids for o in llm.generate(ps, params)]
+
+
+def test_concurrent_requests_with_forced_repartitions_equal_unified(engine: SemiPDEngine) -> None:
+    ps = prompts(24)
+    force_repartitions(engine)
+
+    def feed() -> None:  # arrivals spread over time, from another thread
+        for i, p in enumerate(ps):
+            engine.add_request(f"r{i}", p, GREEDY)
+            time.sleep(0.002)
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    time.sleep(0.01)
+    outs = run_to_completion(engine)
+    feeder.join()
+    outs.update(run_to_completion(engine))
+    ref = reference(ps)
+    for i, expected in enumerate(ref):
+        stream = outs[f"r{i}"]
+        assert stream[-1].finished and stream[-1].finish_reason == "length"
+        assert sum((o.new_token_ids for o in stream), []) == stream[-1].token_ids == expected
+        assert [len(o.new_token_ids) for o in stream] == [1] * len(expected)
+    assert engine.allocator.num_free == engine.allocator.num_blocks
+    engine.allocator.check_consistency()
+    status = engine.get_status()
+    assert status["partitions"]["num_reallocations"] >= 3
+    assert status["partitions"]["switch_latency_ms"]["count"] >= 1
+    assert status["workers"]["prefill"]["iterations"] > 5 and status["workers"]["decode"]["errors"] == 0
+    window = engine.metrics_collector.get_current_window_metrics()
+    assert window.num_completed == 24 and window.num_ttft_samples == 24
+    rec = engine.metrics_collector.get_request("r5")
+    assert rec.arrival_time <= rec.prefill_start_time <= rec.first_token_time <= rec.decode_start_time
+    assert rec.decode_start_time <= rec.completion_time and rec.output_length == GREEDY.max_tokens
+
+
+def test_preemption_under_a_tiny_kv_pool_keeps_tokens() -> None:
+    ps = [random_prompt(n, seed=100 + n) for n in (9, 14, 6, 11, 13)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    ref = reference(ps, params)
+    engine = make_engine(block_size=4, num_kv_blocks=20, kv_watermark=0.0)
+    try:
+        force_repartitions(engine, every=5)
+        for i, p in enumerate(ps):
+            engine.add_request(f"p{i}", p, params)
+        outs = run_to_completion(engine)
+        assert [outs[f"p{i}"][-1].token_ids for i in range(len(ps))] == ref
+        assert engine.num_preemptions > 0
+        assert engine.allocator.num_free == 20
+    finally:
+        engine.stop()
+
+
+def test_seeded_sampling_and_stop_strings_match_unified(engine: SemiPDEngine) -> None:
+    params = [SamplingParams(temperature=0.9, top_k=40, seed=7, max_tokens=12),
+              SamplingParams(temperature=0.0, max_tokens=30, stop_token_ids=[5, 17, 99])]
+    ps = prompts(2, seed=40)
+    llm = LLM("tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=256)
+    ref = [(o.token_ids, o.text, o.finish_reason) for o in llm.generate(ps, params)]
+    for i, (p, sp) in enumerate(zip(ps, params, strict=True)):
+        engine.add_request(f"s{i}", p, sp)
+    outs = run_to_completion(engine)
+    assert [(outs[f"s{i}"][-1].token_ids, outs[f"s{i}"][-1].text, outs[f"s{i}"][-1].finish_reason)
+            for i in range(2)] == ref
+
+
+def test_aborts_mid_flight_free_blocks(engine: SemiPDEngine) -> None:
+    long = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+    for i in range(6):
+        engine.add_request(f"a{i}", random_prompt(40 + i, seed=i), long)
+    engine.add_request("short", random_prompt(5, seed=9), SamplingParams(max_tokens=8, ignore_eos=True))
+    seen: dict[str, int] = {}
+    deadline = time.monotonic() + DEADLINE_S
+    while min(seen.get(f"a{i}", 0) for i in range(6)) < 3:
+        assert time.monotonic() < deadline
+        for out in engine.step():
+            seen[out.rid] = seen.get(out.rid, 0) + 1
+    assert engine.allocator.num_free < engine.allocator.num_blocks
+    engine.abort("a1")
+    engine.abort("a4")
+    engine.abort("unknown")
+    with pytest.raises(ValueError, match="already running"):
+        engine.add_request("a0", [1, 2], GREEDY)
+    after = run_until(engine, lambda: engine.num_unfinished == 5)
+    assert "a1" not in after and "a4" not in after
+    for i in (0, 2, 3, 5):
+        engine.abort(f"a{i}")
+    outs = run_to_completion(engine)
+    assert all(o.rid == "short" for o in outs.get("short", []))
+    assert engine.allocator.num_free == engine.allocator.num_blocks
+    engine.allocator.check_consistency()
+    assert engine.metrics_collector.get_stats()["num_aborted_total"] == 6
+
+
+def run_until(engine: SemiPDEngine, done, timeout: float = DEADLINE_S) -> set[str]:
+    """Step until `done()` (and all aborts applied); the ids that produced outputs meanwhile."""
+    rids: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while not done() or engine._book.has_pending_aborts():
+        assert time.monotonic() < deadline
+        rids.update(o.rid for o in engine.step())
+    return rids
+
+
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
+def test_a_worker_exception_is_survived(engine: SemiPDEngine, phase: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = engine.prefill_worker if phase == "prefill" else engine.decode_worker
+    failures = iter([True])
+
+    if phase == "prefill":
+        original = worker.runner.run
+
+        def broken(batch):
+            if next(failures, False):
+                raise RuntimeError("device fell over")
+            return original(batch)
+
+        monkeypatch.setattr(worker.runner, "run", broken)
+    else:
+        original = worker._run
+
+        def broken(batch, key):
+            if next(failures, False):
+                raise RuntimeError("device fell over")
+            return original(batch, key)
+
+        monkeypatch.setattr(worker, "_run", broken)
+    ps = prompts(4, seed=70)
+    for i, p in enumerate(ps):
+        engine.add_request(f"f{i}", p, GREEDY)
+    outs: dict[str, list] = {}
+    failed: list[str] = []
+    deadline = time.monotonic() + DEADLINE_S
+    while engine.has_unfinished():
+        assert time.monotonic() < deadline
+        try:
+            for out in engine.step():
+                outs.setdefault(out.rid, []).append(out)
+        except StepError as exc:
+            assert "device fell over" in str(exc) and isinstance(exc.__cause__, RuntimeError)
+            failed.extend(exc.rids)
+    assert failed and set(failed).isdisjoint(rid for rid, o in outs.items() if o[-1].finished)
+    assert len(failed) + sum(1 for o in outs.values() if o[-1].finished) == 4
+    assert worker.is_alive() and worker.num_errors == 1 and "device fell over" in worker.last_error
+    assert engine.allocator.num_free == engine.allocator.num_blocks
+    assert engine.metrics_collector.get_stats()["num_failed_total"] == len(failed)
+    engine.add_request("after", ps[0], GREEDY)  # the engine still works
+    assert run_to_completion(engine)["after"][-1].token_ids == reference([ps[0]])[0]
+
+
+def test_set_allocation_status_and_exporter() -> None:
+    engine = make_engine(controller="slo")
+    try:
+        exporter = SemiPDPrometheusExporter(engine.metrics_collector)
+        engine.bind_exporter(exporter)
+        assert engine.get_status()["controller"]["running"]
+        applied = engine.set_allocation(33.0, 67.0)
+        assert applied.prefill_percentage == 30.0 and applied.decode_percentage == 70.0
+        status = engine.get_status()
+        assert status["mode"] == "semi-pd" and status["controller"]["mode"] == "static"
+        assert not status["controller"]["running"]
+        assert status["allocation"]["prefill_sms"] == 30 and status["allocation"]["backend"] == "none"
+        assert status["partitions"]["unavailable_reason"].startswith("no CUDA device")
+        with pytest.raises(ValueError, match="prefill_percentage"):
+            engine.set_allocation(0.0, 100.0)
+        engine.add_request("x", [1, 2, 3], GREEDY)
+        run_to_completion(engine)
+        text = exporter.render().decode()
+        assert 'semipd:sm_reallocations_total{result="success"} 1.0' in text
+        assert 'semipd:sm_allocation_percent{phase="prefill"} 30.0' in text
+    finally:
+        engine.stop()
+
+
+def test_slo_controller_runs_and_off_has_no_partitions() -> None:
+    engine = make_engine(controller="slo")
+    try:
+        engine.add_request("c", [1, 2, 3], GREEDY)
+        run_to_completion(engine)
+        deadline = time.monotonic() + DEADLINE_S
+        while not engine.get_status()["controller"]["recent_decisions"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        engine.stop()
+    off = make_engine(controller="off")
+    try:
+        status = off.get_status()
+        assert status["controller"] == {"mode": "off"} and status["partitions"]["reachable_prefill_sms"] == [50]
+        with pytest.raises(ValueError, match="controller 'off'"):
+            off.set_allocation(60.0, 40.0)
+        off.add_request("o", [4, 5], GREEDY)
+        assert run_to_completion(off)["o"][-1].token_ids == reference([[4, 5]])[0]
+    finally:
+        off.stop()
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="controller"):
+        SemiPDConfig(controller="dynamic")
+    with pytest.raises(ValueError, match="slo_tpot_ms"):
+        SemiPDConfig(slo_tpot_ms=0)
+    with pytest.raises(ValueError, match="min_prefill_percent"):
+        SemiPDConfig(min_prefill_percent=70, max_prefill_percent=60)
+    with pytest.raises(ValueError, match="reachable_prefill_sms"):
+        SemiPDConfig(reachable_prefill_sms=[32, 64])
+    with pytest.raises(ValueError, match="gil_switch_interval_s"):
+        SemiPDConfig(gil_switch_interval_s=0)
+    with pytest.raises(ValueError, match="reachable_prefill_sms"):
+        SemiPDEngine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=16),
+                     SemiPDConfig(reachable_prefill_sms=(25,)))
