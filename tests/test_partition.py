@@ -77,3 +77,28 @@ def test_unavailable_reason_on_cpu():
         has_cuda = False
     if not has_cuda:
         assert reason is not None
+
+
+def test_listeners_see_every_request_and_failures_do_not_propagate():
+    m = PartitionManager(GRID, GRID.allocation(64), reachable_prefill_sms=[32, 64], unavailable_reason="no GPU")
+    m.start()
+    seen = []
+
+    def broken(alloc, accepted):
+        raise RuntimeError("listener bug")
+
+    m.add_listener(lambda alloc, accepted: seen.append((alloc, accepted)))
+    m.add_listener(broken)
+    assert m.request_sm_reallocation(GRID.allocation(32))
+    with pytest.raises(ValueError):
+        m.request_sm_reallocation(GRID.allocation(96))
+    assert seen == [(GRID.allocation(32), True), (GRID.allocation(96), False)]
+    st = m.get_status()
+    assert st["num_reallocations"] == 1 and st["num_refused"] == 1
+    assert st["unavailable_reason"] == "no GPU" and not st["sm_limited"]
+    assert m.current_allocation() == GRID.allocation(32)
+
+
+def test_reachable_splits_must_be_on_the_grid():
+    with pytest.raises(ValueError, match="not splits"):
+        PartitionManager(GRID, GRID.allocation(64), reachable_prefill_sms=[64, 65])

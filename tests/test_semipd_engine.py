@@ -189,14 +189,14 @@ def test_a_worker_exception_is_survived(engine: SemiPDEngine, phase: str, monkey
 
         monkeypatch.setattr(worker.runner, "run", broken)
     else:
-        original = worker._run
+        original = worker.run_step
 
         def broken(batch, key):
             if next(failures, False):
                 raise RuntimeError("device fell over")
             return original(batch, key)
 
-        monkeypatch.setattr(worker, "_run", broken)
+        monkeypatch.setattr(worker, "run_step", broken)
     ps = prompts(4, seed=70)
     for i, p in enumerate(ps):
         engine.add_request(f"f{i}", p, GREEDY)
@@ -281,3 +281,33 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="reachable_prefill_sms"):
         SemiPDEngine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=16),
                      SemiPDConfig(reachable_prefill_sms=(25,)))
+
+
+def test_reachable_splits() -> None:
+    from semipd.allocation import SMGrid
+    from semipd.engine.semipd_setup import CPU_GRID, reachable_splits
+
+    h100 = SMGrid(132, 8, 8)
+    assert reachable_splits(h100, SemiPDConfig()) == [32, 40, 48, 56, 64, 72, 80, 88, 96, 104]
+    assert reachable_splits(h100, SemiPDConfig(reachable_prefill_sms=(96, 32), initial_prefill_sm_percent=48)) == [
+        32, 64, 96]
+    assert reachable_splits(h100, SemiPDConfig(controller="off", initial_prefill_sm_percent=70)) == [96]
+    assert reachable_splits(CPU_GRID, SemiPDConfig(min_prefill_percent=10, max_prefill_percent=90)) == list(
+        range(10, 100, 10))
+    with pytest.raises(ValueError, match=r"\[36\] are not splits"):
+        reachable_splits(h100, SemiPDConfig(reachable_prefill_sms=(36,)))
+
+
+def test_probes_run_on_the_engine_path(engine: SemiPDEngine) -> None:
+    from semipd.engine.semipd_probe import interference, sm_scaling_table
+
+    rows = sm_scaling_table(engine, prefill_tokens=32, decode_batch=4, context=40, prefill_reps=1, decode_reps=2)
+    assert [r["prefill_sms"] for r in rows] == engine.partitions.reachable_prefill_sms
+    assert all(r["prefill32_ms"] > 0 and r["decode4_ctx40_ms"] > 0 for r in rows)
+    res = interference(engine, 50, prefill_tokens=32, decode_batch=4, context=40, seconds=0.05)
+    assert res["decode_steps_together"] > 0 and res["slowdown"] > 0
+    assert engine.allocator.num_free == engine.allocator.num_blocks
+    engine.add_request("busy", [1, 2], GREEDY)
+    with pytest.raises(RuntimeError, match="idle"):
+        sm_scaling_table(engine)
+    run_to_completion(engine)

@@ -107,6 +107,8 @@ class SemiPDEngine:
                             self._record_system_metrics)
         self.decode_worker = DecodeWorker(ctx, self.decode_scheduler, ModelRunner(self.model, self.kv_cache, graphs),
                                           self._on_blocks_freed)
+        if self.graph_capture is not None:
+            self.decode_worker.graph_keys = frozenset(p.prefill_sms for p in self.partitions.partitions().values())
         self.prefill_worker = PrefillWorker(ctx, self.prefill_scheduler, ModelRunner(self.model, self.kv_cache),
                                             self.decode_worker.hand_off)
         self.controller_mode = self.semipd.controller
@@ -325,6 +327,8 @@ class SemiPDEngine:
             "cuda_graphs": None if self.graph_capture is None else {
                 **self.graph_capture.as_dict(), "buckets": self.decode_worker.runner.graph_runner.buckets},
             "workers": {"prefill": self._worker_status(self.prefill_worker),
-                        "decode": self._worker_status(self.decode_worker)},
+                        "decode": {**self._worker_status(self.decode_worker),
+                                   "graph_steps": self.decode_worker.num_graph_steps,
+                                   "eager_steps": self.decode_worker.num_eager_steps}},
             "gil_switch_interval_s": sys.getswitchinterval(),
         }

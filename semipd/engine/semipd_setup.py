@@ -119,8 +119,8 @@ def capture_partition_graphs(graphs: GraphRunner, manager: PartitionManager, max
     torch.cuda.synchronize(device)
     free_before, _ = torch.cuda.mem_get_info(device)
     start = time.perf_counter()
-    for key, part in sorted(parts.items()):
-        graphs.capture(key=key, stream=part.decode_stream)
+    for _, part in sorted(parts.items()):
+        graphs.capture(key=part.prefill_sms, stream=part.decode_stream)  # the key the decode worker uses
     torch.cuda.synchronize(device)
     free_after, _ = torch.cuda.mem_get_info(device)
     capture = GraphCapture(len(parts), len(parts) * len(graphs.buckets), time.perf_counter() - start,

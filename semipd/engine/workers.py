@@ -237,6 +237,10 @@ class DecodeWorker(Worker):
         self.runner = runner
         self.on_blocks_freed = on_blocks_freed
         """Called when finished or aborted requests returned KV blocks (prefill may be waiting for them)."""
+        self.graph_keys: frozenset[int] = frozenset()
+        """Partitions (prefill SM counts) whose decode graphs were captured."""
+        self.num_graph_steps = 0
+        self.num_eager_steps = 0
         self._inbox: deque[tuple[Request, Any]] = deque()
         self._inbox_lock = threading.Lock()
 
@@ -276,7 +280,7 @@ class DecodeWorker(Worker):
                 ctx.collector.record_decode_start(req.rid, timestamp=t0)
         try:
             with self.on_stream():
-                tokens = self._run(batch, part.prefill_sms)
+                tokens = self.run_step(batch, part.prefill_sms)
             finished = self.scheduler.update(batch, tokens)
         except Exception as exc:
             self.batch_failed(batch, exc, self.scheduler.abort)
@@ -291,7 +295,7 @@ class DecodeWorker(Worker):
         return True
 
     @torch.inference_mode()
-    def _run(self, batch: Batch, graph_key: int) -> list[int]:
+    def run_step(self, batch: Batch, graph_key: int) -> list[int]:
         """One decode step: the graph set of the current partition (keyed by its prefill SM
         count) when it covers the batch, else eager. Returns the sampled token ids."""
         runner = self.runner
@@ -299,7 +303,13 @@ class DecodeWorker(Worker):
         graphs = runner.graph_runner
         if graphs is not None and graphs.can_run(len(prepared.sampled)):
             hidden = graphs.run(prepared.input_ids, prepared.positions, prepared.meta, key=graph_key)
+            graphed = graph_key in self.graph_keys
         else:
+            graphed = False
             hidden = runner.model(prepared.input_ids, prepared.positions, runner.kv_cache.layers, prepared.meta)
+        if graphed:
+            self.num_graph_steps += 1
+        else:
+            self.num_eager_steps += 1
         logits = runner.model.compute_logits(hidden[prepared.sample_rows])
         return runner.sampler(logits, runner.sampling_tensors(prepared.sampled)).tolist()

@@ -162,6 +162,12 @@ class SharedStreamFactory:
                          self._torch.cuda.Stream(device))
 
 
+def _latency_summary(sorted_seconds: list[float]) -> dict[str, float]:
+    n = len(sorted_seconds)
+    return {"p50": 1000 * sorted_seconds[n // 2], "p99": 1000 * sorted_seconds[min(n - 1, int(0.99 * n))],
+            "max": 1000 * sorted_seconds[-1], "count": n}
+
+
 class PartitionManager:
     """`ResourceManager` over pre-created partitions. With ``factory=None`` (CPU) it keeps the
     same bookkeeping and protocol but hands out no streams. `unavailable_reason` says why
@@ -189,6 +195,9 @@ class PartitionManager:
         self._ack_time: dict[str, float] = {}
         self._listeners: tuple[ReallocationListener, ...] = ()
         self.switch_latencies: deque[float] = deque(maxlen=latency_history)
+        """Seconds from a switch request until both workers ran on the new partition."""
+        self.ack_latencies: dict[str, deque[float]] = {p: deque(maxlen=latency_history) for p in PHASES}
+        """Per phase: seconds from a switch request until that worker moved (its next boundary)."""
         self.num_reallocations = 0
         self.num_refused = 0
         self.running = False
@@ -259,6 +268,7 @@ class PartitionManager:
             part = self._partitions.get(self._target) or Partition(self._target, self.grid.total_sms - self._target)
             pending = [ph for ph in PHASES if self._acked[ph] != self._generation]
             lat = sorted(self.switch_latencies)
+            per_phase = {ph: sorted(self.ack_latencies[ph]) for ph in PHASES}
         alloc = self.grid.allocation(self._target)
         status: dict[str, Any] = {
             "backend": self.backend,
@@ -275,9 +285,8 @@ class PartitionManager:
             "switch_pending_for": pending,
         }
         if lat:
-            status["switch_latency_ms"] = {
-                "p50": 1000 * lat[len(lat) // 2], "p99": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-                "max": 1000 * lat[-1], "count": len(lat)}
+            status["switch_latency_ms"] = _latency_summary(lat)
+            status["ack_latency_ms"] = {ph: _latency_summary(v) for ph, v in per_phase.items() if v}
         return status
 
     # -- worker side ---------------------------------------------------------------
@@ -290,7 +299,9 @@ class PartitionManager:
                 raise RuntimeError("PartitionManager.start() was not called")
             if self._acked[phase] != self._generation:
                 self._acked[phase] = self._generation
-                self._ack_time[phase] = self._clock.now()
+                now = self._clock.now()
+                self._ack_time[phase] = now
+                self.ack_latencies[phase].append(now - self._requested_at)
                 if len(self._ack_time) == len(PHASES):
                     self.switch_latencies.append(max(self._ack_time.values()) - self._requested_at)
             return part
