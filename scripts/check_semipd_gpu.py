@@ -204,9 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     ref = section(results, "unified_run", unified)
     section(results, "unified_row", lambda: unified_row(llm, reps))
     t0 = time.perf_counter()
-    engine = SemiPDEngine(EngineConfig(gpu_memory_utilization=0.85, **common),
-                          SemiPDConfig(controller="static", min_prefill_percent=1, max_prefill_percent=99))
+    engine = section(results, "semipd_startup", lambda: SemiPDEngine(
+        EngineConfig(gpu_memory_utilization=0.85, **common),
+        SemiPDConfig(controller="static", min_prefill_percent=1, max_prefill_percent=99)))
     results["semipd_startup_seconds"] = time.perf_counter() - t0
+    if engine is None:
+        return finish(results, args.json)
+    del results["semipd_startup"]
     try:
         def semipd_run() -> dict[str, Any]:
             tokens, seconds = run_semipd(engine, work, args.gap_ms / 1000)
@@ -222,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         results["blocks_all_free"] = engine.allocator.num_free == engine.allocator.num_blocks
     finally:
         engine.stop()
+    return finish(results, args.json)
+
+
+def finish(results: dict[str, Any], path: str | None) -> int:
+    """Judge, print and write the results; the exit status."""
     for key in ("unified_run", "semipd_run"):
         if isinstance(results.get(key), dict):
             results[key].pop("tokens", None)
@@ -230,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         and "error" not in results.get("sm_scaling", {}) and graphed
     results["passed"] = passed
     print(json.dumps({k: v for k, v in results.items() if k != "semipd_status"}, indent=1, default=str))
-    if args.json:
-        with open(args.json, "w") as f:
+    if path:
+        with open(path, "w") as f:
             json.dump(results, f, indent=1, default=str)
     return 0 if passed else 1
 

@@ -25,6 +25,8 @@ import sys
 import threading
 from typing import Any
 
+import torch
+
 from semipd.allocation import SMAllocation
 from semipd.clock import Clock
 from semipd.engine.cuda_graphs import GraphRunner
@@ -62,7 +64,10 @@ class SemiPDEngine:
     def __init__(self, config: EngineConfig, semipd: SemiPDConfig | None = None, clock: Clock | None = None) -> None:
         self.config = config
         self.semipd = semipd or SemiPDConfig()
-        self.device = resolve_device(config.device)
+        device = resolve_device(config.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())  # worker threads need the index
+        self.device = device
         model_config, _ = resolve_model_config(config.model)
         if config.max_model_len is not None and config.max_model_len > model_config.max_position_embeddings:
             raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's max_position_embeddings "
@@ -256,6 +261,9 @@ class SemiPDEngine:
         """The outputs the workers produced since the last call, waiting up to
         ``output_wait_s`` when there are none. A failed worker batch raises `StepError`
         naming its (aborted) requests; other outputs wait for the next call."""
+        for worker in (self.prefill_worker, self.decode_worker):
+            if not worker.is_alive() and not worker.stopping:
+                raise RuntimeError(f"the semi-pd {worker.phase} worker is not running ({worker.last_error})")
         return self._book.take(self.semipd.output_wait_s)
 
     # -- allocation -------------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def interference(engine: SemiPDEngine, prefill_sms: int, prefill_tokens: int = 2
 
     def prefill_loop(batch: Batch) -> None:
         if device.type == "cuda":
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(device.index)
         with torch.inference_mode(), _on(part.prefill_stream):
             while not stop.is_set():
                 t0 = time.perf_counter()
@@ -140,6 +140,8 @@ def interference(engine: SemiPDEngine, prefill_sms: int, prefill_tokens: int = 2
         thread = threading.Thread(target=prefill_loop, args=(pb,), daemon=True)
         thread.start()
         while not prefill_times:
+            if not thread.is_alive():
+                raise RuntimeError("the prefill thread died (see the log)")
             time.sleep(0.001)
         together = decode_for(db, seconds)
         stop.set()

@@ -26,6 +26,8 @@ from semipd.allocation import SMAllocation, SMGrid
 from semipd.engine.cuda_graphs import GraphRunner
 from semipd.engine.semipd_config import SemiPDConfig
 from semipd.partition.green import (
+    HOPPER_MIN_SMS,
+    HOPPER_SPLIT_GRANULARITY,
     GreenContextFactory,
     PartitionFactory,
     PartitionManager,
@@ -41,7 +43,7 @@ CPU_GRID = SMGrid(total_sms=100, granularity=10, min_sms=10)
 
 def _cuda_grid(device: torch.device) -> SMGrid:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return SMGrid(sms, 8, 8) if sms >= 16 else SMGrid(sms, 1, 1)
+    return SMGrid(sms, HOPPER_SPLIT_GRANULARITY, HOPPER_MIN_SMS) if sms >= 2 * HOPPER_MIN_SMS else SMGrid(sms, 1, 1)
 
 
 def reachable_splits(grid: SMGrid, config: SemiPDConfig) -> list[int]:
@@ -72,7 +74,7 @@ def build_partition_manager(device: torch.device, config: SemiPDConfig) -> Parti
     factory: PartitionFactory | None = None
     reason: str | None = None
     if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
+        index = device.index
         if config.controller != "off":
             reason = green_contexts_unavailable_reason(index)
         if config.controller != "off" and reason is None:

@@ -96,9 +96,18 @@ class Worker(threading.Thread):
                 self._cond.wait(IDLE_POLL_S)
             self._woken = False
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def run(self) -> None:
-        if self.ctx.device.type == "cuda":
-            torch.cuda.set_device(self.ctx.device)  # before the thread's first cuBLAS call
+        try:
+            if self.ctx.device.type == "cuda":
+                torch.cuda.set_device(self.ctx.device)  # before the thread's first cuBLAS call
+        except Exception as exc:
+            self._count_error(exc)
+            logger.exception("%s worker: cannot start", self.phase)
+            return
         with torch.inference_mode():
             while not self._stopping:
                 try:

@@ -42,7 +42,10 @@ logger = logging.getLogger(__name__)
 PHASES = ("prefill", "decode")
 
 HOPPER_SPLIT_GRANULARITY = 8
-"""SMs per split step (and the least on each side) on compute capability 9.x."""
+"""SMs per split step on compute capability 9.x."""
+HOPPER_MIN_SMS = 16
+"""Fewest SMs either side gets: the driver can split off 8, but on an H100 cuBLAS GEMMs failed
+(CUBLAS_STATUS_EXECUTION_FAILED) on the 12-SM remainder of a 120-SM group."""
 
 ReallocationListener = Callable[[SMAllocation, bool], None]
 """``listener(allocation, accepted)``: called after every reallocation request."""
@@ -116,9 +119,8 @@ class GreenContextFactory:
         self._keep: list[Any] = []  # green contexts must outlive their streams
 
     def grid(self) -> SMGrid:
-        """The splits this device can make (Hopper: multiples of 8 SMs, at least 8 a side)."""
-        g = HOPPER_SPLIT_GRANULARITY
-        return SMGrid(self.total_sms, g, g)
+        """The splits used on this device: multiples of 8 SMs, at least 16 a side."""
+        return SMGrid(self.total_sms, HOPPER_SPLIT_GRANULARITY, HOPPER_MIN_SMS)
 
     def _check(self, result: tuple) -> Any:
         if int(result[0]) != 0:
