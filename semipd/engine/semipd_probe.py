@@ -106,7 +106,8 @@ def interference(engine: SemiPDEngine, prefill_sms: int, prefill_tokens: int = 2
                  context: int = 1024, seconds: float = 1.0) -> dict[str, Any]:
     """Decode step (batch `decode_batch`, `context` tokens) on the decode side of the
     `prefill_sms` partition: alone, beside back-to-back prefill iterations of
-    `prefill_tokens` on the prefill side (another thread), and alone again."""
+    `prefill_tokens` on the prefill side (another thread), and alone again. ``slowdown`` compares
+    medians; ``slowdown_mean`` compares means, which also counts the occasional stalled step."""
     part = engine.partitions.partitions()[prefill_sms]
     device = engine.device
     prefill_runner = engine.prefill_worker.runner
@@ -151,8 +152,11 @@ def interference(engine: SemiPDEngine, prefill_sms: int, prefill_tokens: int = 2
     return {
         "prefill_sms": part.prefill_sms, "decode_sms": part.decode_sms,
         "decode_alone_ms": _median_ms(alone), "decode_together_ms": _median_ms(together),
+        "decode_alone_mean_ms": 1000 * statistics.fmean(alone),
+        "decode_together_mean_ms": 1000 * statistics.fmean(together),
         "decode_together_p90_ms": 1000 * sorted(together)[int(0.9 * (len(together) - 1))],
         "decode_together_max_ms": 1000 * max(together),
         "slowdown": statistics.median(together) / statistics.median(alone),
+        "slowdown_mean": statistics.fmean(together) / statistics.fmean(alone),
         "prefill_together_ms": _median_ms(prefill_times), "decode_steps_together": len(together),
     }
