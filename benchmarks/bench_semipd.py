@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,7 +170,9 @@ def summarize(records: list[Record]) -> dict[str, Any]:
 
 
 # -- parts -----------------------------------------------------------------------------------------
-def micro(args: argparse.Namespace, trace: list[WorkloadRequest]) -> dict[str, Any]:
+def micro(args: argparse.Namespace, trace: list[WorkloadRequest], out: dict[str, Any],
+          save: Callable[[], None]) -> None:
+    """Fill `out` with the isolation, GIL and switch-latency measurements, calling `save()` after each."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     splits = tuple(int(p) for p in args.splits.split(","))
     engine = SemiPDEngine(
@@ -177,8 +180,8 @@ def micro(args: argparse.Namespace, trace: list[WorkloadRequest]) -> dict[str, A
                      max_num_batched_tokens=2048, max_model_len=4096, gpu_memory_utilization=0.85),
         SemiPDConfig(controller="static", initial_prefill_sm_percent=100 * splits[0] / sms,
                      reachable_prefill_sms=splits, cuda_device_max_connections=args.max_connections or None))
-    out: dict[str, Any] = {"startup": engine.get_status()["cuda_graphs"],
-                           "CUDA_DEVICE_MAX_CONNECTIONS": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")}
+    out.update(startup=engine.get_status()["cuda_graphs"],
+               CUDA_DEVICE_MAX_CONNECTIONS=os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS"))
     seconds = 0.5 if args.quick else 1.0
     raw = json.loads(Path(args.raw_facts).read_text())["together"] if Path(args.raw_facts).is_file() else {}
     steps = args.micro.split(",")
@@ -193,6 +196,7 @@ def micro(args: argparse.Namespace, trace: list[WorkloadRequest]) -> dict[str, A
             rows.append(res)
             print(json.dumps(res), flush=True)
         out["isolation"] = rows
+        save()
         saved = sys.getswitchinterval()
         gil = []
         for interval in (0.005, 0.0002) if "gil" in steps and 64 in splits else ():
@@ -202,13 +206,13 @@ def micro(args: argparse.Namespace, trace: list[WorkloadRequest]) -> dict[str, A
             print(json.dumps(gil[-1]), flush=True)
         sys.setswitchinterval(saved)
         out["gil"] = gil
+        save()
         if "switch" in steps:
             out["switch_under_load"] = switch_latency(engine, trace, splits, args)
     finally:
         engine.stop()
         engine = None
         free_device_memory()
-    return out
 
 
 def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: tuple[int, ...],
@@ -255,8 +259,9 @@ def build(config: str, args: argparse.Namespace) -> Any:
     return SemiPDEngine(ec, sp)
 
 
-def mixed(args: argparse.Namespace, trace: list[WorkloadRequest]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def mixed(args: argparse.Namespace, trace: list[WorkloadRequest], out: dict[str, Any],
+          save: Callable[[], None]) -> None:
+    """Fill `out` per engine config and rate, calling `save()` after each run."""
     for config in args.configs.split(","):
         t0 = time.perf_counter()
         try:
@@ -266,6 +271,7 @@ def mixed(args: argparse.Namespace, trace: list[WorkloadRequest]) -> dict[str, A
             out[config] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
         runs: dict[str, Any] = {"startup_seconds": round(time.perf_counter() - t0, 1)}
+        out[config] = runs
         try:
             for rate in (float(r) for r in args.rates.split(",")):
                 reqs = make_requests(trace, rate, args.duration, engine.model_config.vocab_size, int(rate))
@@ -278,6 +284,7 @@ def mixed(args: argparse.Namespace, trace: list[WorkloadRequest]) -> dict[str, A
                     res["workers"] = st["workers"]
                 runs[f"{rate:g}"] = res
                 print(config, json.dumps(res), flush=True)
+                save()
         except Exception as exc:
             traceback.print_exc()
             runs["error"] = f"{type(exc).__name__}: {exc}"
@@ -286,8 +293,6 @@ def mixed(args: argparse.Namespace, trace: list[WorkloadRequest]) -> dict[str, A
                 engine.stop()
             engine = None
             free_device_memory()
-        out[config] = runs
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,17 +321,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     trace = load_azure_trace(args.trace, max_input_len=7000, max_output_len=1024)
     results: dict[str, Any] = {"environment": environment(), "args": vars(args), "peers_vllm": PEERS_VLLM}
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+
     for part, fn in (("micro", micro), ("mixed", mixed)):
         if part in args.parts.split(","):
             t0 = time.perf_counter()
+            out = results[part] = {}
             try:
-                results[part] = fn(args, trace)
+                fn(args, trace, out, save)
             except Exception as exc:
                 traceback.print_exc()
-                results[part] = {"error": f"{type(exc).__name__}: {exc}"}
+                out["error"] = f"{type(exc).__name__}: {exc}"
             print(f"[{part}] {time.perf_counter() - t0:.1f} s", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+            save()
     print(json.dumps(results, indent=1, default=str))
     return 0
 
