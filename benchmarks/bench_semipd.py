@@ -179,7 +179,7 @@ def micro(args: argparse.Namespace, trace: list[WorkloadRequest], out: dict[str,
         EngineConfig(model=args.model, load_format="dummy", dtype="bfloat16", device="cuda", max_num_seqs=64,
                      max_num_batched_tokens=2048, max_model_len=4096, gpu_memory_utilization=0.85),
         SemiPDConfig(controller="static", initial_prefill_sm_percent=100 * splits[0] / sms,
-                     reachable_prefill_sms=splits, cuda_device_max_connections=args.max_connections or None))
+                     reachable_prefill_sms=splits))
     out.update(startup=engine.get_status()["cuda_graphs"],
                CUDA_DEVICE_MAX_CONNECTIONS=os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS"))
     seconds = 0.5 if args.quick else 1.0
@@ -301,8 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--micro", default="isolation,gil,switch", help="which micro measurements to run")
     ap.add_argument("--splits", default="16,32,48,64,80,96,112", help="prefill SM counts of the micro engine")
-    ap.add_argument("--max-connections", type=int, default=32,
-                    help="CUDA_DEVICE_MAX_CONNECTIONS the micro engine sets when first (0: leave it)")
     ap.add_argument("--trace", default=str(SHARED / "traces" / "azure_llm_2023_conv.csv"))
     ap.add_argument("--raw-facts", default=str(SHARED / "gpu-facts" / "llama8b_sm_scaling.json"))
     ap.add_argument("--configs", default="unified,static:88", help="unified, static:P, slo:P (comma-separated)")

@@ -311,3 +311,49 @@ def test_probes_run_on_the_engine_path(engine: SemiPDEngine) -> None:
     with pytest.raises(RuntimeError, match="idle"):
         sm_scaling_table(engine)
     run_to_completion(engine)
+
+
+def test_async_engine_drives_the_semipd_engine(engine: SemiPDEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from semipd.engine import AsyncEngine, RequestFailedError
+
+    a = AsyncEngine(engine, max_waiting=16)
+    a.start()
+    ps = prompts(3, seed=90)
+    long = SamplingParams(temperature=0.0, max_tokens=500, ignore_eos=True)
+    failures = iter([True])
+    original = engine.decode_worker.run_step
+
+    def flaky(batch, key):
+        if len(batch.decodes) == 1 and batch.decodes[0].rid == "victim" and next(failures, False):
+            raise RuntimeError("injected failure")
+        return original(batch, key)
+
+    async def collect(rid, prompt, params):
+        return [o async for o in a.generate(rid, prompt, params)]
+
+    async def main():
+        streams = await asyncio.gather(*(collect(f"s{i}", p, GREEDY) for i, p in enumerate(ps)))
+        outs = []
+        async for out in a.generate("ab", ps[0], long):
+            outs.append(out)
+            if len(outs) == 3:
+                a.abort("ab")
+        monkeypatch.setattr(engine.decode_worker, "run_step", flaky)
+        with pytest.raises(RequestFailedError, match="injected failure"):
+            await collect("victim", ps[1], GREEDY)
+        return streams, outs
+
+    try:
+        streams, aborted = asyncio.run(main())
+        assert [s[-1].token_ids for s in streams] == reference(ps)
+        assert aborted[-1].finish_reason == "abort" and len(aborted) < 100
+        deadline = time.monotonic() + DEADLINE_S
+        while engine.has_unfinished() or engine.allocator.num_free != engine.allocator.num_blocks:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        status = a.get_status()
+        assert status["engine_thread_alive"] and status["num_step_errors"] == 1 and status["mode"] == "semi-pd"
+    finally:
+        a.stop()

@@ -20,7 +20,6 @@ workers start with the engine; `stop()` ends them (and the controller).
 from __future__ import annotations
 
 import logging
-import os
 import random
 import sys
 import threading
@@ -58,17 +57,6 @@ from semipd.slo import CandidateBounds, SLOAwareResourceController, SLOConstrain
 logger = logging.getLogger(__name__)
 
 
-def _widen_hardware_queues(connections: int | None) -> None:
-    """Ask for `connections` hardware work queues, which only works before CUDA is initialised."""
-    if connections is None or "CUDA_DEVICE_MAX_CONNECTIONS" in os.environ:
-        return
-    if torch.cuda.is_initialized():
-        logger.warning("CUDA is already initialised: set CUDA_DEVICE_MAX_CONNECTIONS=%d before it is, so that "
-                       "decode and prefill streams do not share hardware queues", connections)
-        return
-    os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = str(connections)
-
-
 class SemiPDEngine:
     """Loads the model, sizes the KV cache, pre-creates the partitions, captures the decode
     graphs, and runs the two workers and the controller (see the module docstring)."""
@@ -76,7 +64,6 @@ class SemiPDEngine:
     def __init__(self, config: EngineConfig, semipd: SemiPDConfig | None = None, clock: Clock | None = None) -> None:
         self.config = config
         self.semipd = semipd or SemiPDConfig()
-        _widen_hardware_queues(self.semipd.cuda_device_max_connections)
         device = resolve_device(config.device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())  # worker threads need the index
@@ -111,6 +98,8 @@ class SemiPDEngine:
 
         self.prefill_scheduler = PrefillScheduler(
             PrefillSchedulerConfig(config.max_num_batched_tokens, config.max_num_seqs), self.allocator, stop_checker)
+        self.scheduler = self.prefill_scheduler
+        """The scheduler new requests wait in, as `Engine.scheduler` (``num_waiting``)."""
         self.decode_scheduler = DecodeScheduler(DecodeSchedulerConfig(config.max_num_seqs), self.allocator,
                                                 self._on_preempt, stop_checker)
         self.metrics_collector = SemiPDMetricsCollector(window_size_seconds=config.metrics_window_seconds,
