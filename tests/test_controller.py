@@ -12,7 +12,8 @@ import pytest
 from semipd.allocation import InMemoryResourceManager, SMAllocation, SMGrid
 from semipd.clock import VirtualClock
 from semipd.metrics.aggregated import AggregatedMetrics
-from semipd.slo import SLOAwareResourceController, SLOConstraints
+from semipd.slo import CandidateBounds, SLOAwareResourceController, SLOConstraints
+from semipd.slo.decision import format_split
 
 
 class FakeMetrics:
@@ -58,6 +59,7 @@ def window(ttft: float = 50.0, tpot: float = 20.0, n: int = 20, span: float = 30
 
 TPOT_BAD = window(ttft=40.0, tpot=90.0)  # decode starved
 START = SMAllocation(70, 30)
+ONE_STEP = CandidateBounds(max_steps=1)  # moves of 10%, so that a second move has room
 
 
 def controller(metrics: AggregatedMetrics = TPOT_BAD, manager: InMemoryResourceManager | None = None,
@@ -97,11 +99,11 @@ def test_violation_adjusts_and_is_recorded() -> None:
     assert status["statistics"]["successful_adjustments"] == 1 and status["statistics"]["success_rate"] == 1.0
     assert status["last_adjustment_time"] == 100.0
     json.dumps(status)  # the status page serialises it
-    assert status["recent_decisions"][-1]["label"] == f"{START} -> {decision.choice}"
+    assert status["recent_decisions"][-1]["label"] == f"70.0/30.0 -> {format_split(decision.choice)}"
 
 
 def test_cooldown_then_settling_window() -> None:
-    ctrl, _, manager = controller(cooldown_seconds=10.0, escalate=False)
+    ctrl, _, manager = controller(cooldown_seconds=10.0, escalate=False, candidate_bounds=ONE_STEP)
     assert ctrl.step(now=0.0).action == "adjust"
     held = ctrl.step(now=5.0)
     assert held.action == "hold" and "cooldown" in held.reason and held.violations  # still observed, not acted on
@@ -112,7 +114,7 @@ def test_cooldown_then_settling_window() -> None:
 
 
 def test_escalates_only_when_the_last_move_is_not_helping() -> None:
-    ctrl, source, manager = controller(cooldown_seconds=10.0)
+    ctrl, source, manager = controller(cooldown_seconds=10.0, candidate_bounds=ONE_STEP)
     first = ctrl.step(now=0.0)  # TPOT 90 ms: 1.8x
     source.metrics = window(ttft=40.0, tpot=70.0)  # better than at the move: the move is taking effect
     assert "settling" in ctrl.step(now=12.0).reason
@@ -127,7 +129,7 @@ def test_escalates_only_when_the_last_move_is_not_helping() -> None:
 
 
 def test_escalation_does_not_teach_the_predictor() -> None:
-    ctrl, source, _ = controller(cooldown_seconds=10.0, predictor="paper")
+    ctrl, source, _ = controller(cooldown_seconds=10.0, predictor="paper", candidate_bounds=ONE_STEP)
     ctrl.step(now=0.0)
     source.metrics = window(ttft=40.0, tpot=120.0)
     assert ctrl.step(now=10.0).action == "adjust"  # escalated on a window that mixes both splits
@@ -135,7 +137,7 @@ def test_escalation_does_not_teach_the_predictor() -> None:
 
 
 def test_without_window_settling_only_the_cooldown_holds() -> None:
-    ctrl, _, _ = controller(cooldown_seconds=10.0, settle_on_window=False)
+    ctrl, _, _ = controller(cooldown_seconds=10.0, settle_on_window=False, candidate_bounds=ONE_STEP)
     ctrl.step(now=0.0)
     assert ctrl.step(now=9.0).action == "hold"
     assert ctrl.step(now=10.0).action == "adjust"

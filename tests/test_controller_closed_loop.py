@@ -20,7 +20,7 @@ import pytest
 from semipd.allocation import SMAllocation, SMGrid
 from semipd.clock import VirtualClock
 from semipd.metrics.aggregated import AggregatedMetrics
-from semipd.slo import Decision, SLOAwareResourceController, SLOConstraints
+from semipd.slo import CandidateBounds, Decision, SLOAwareResourceController, SLOConstraints
 
 SPREAD = np.linspace(0.6, 1.0, 20)  # per-second samples; the window's p95 is ~0.98 x the plant's value
 GRID = SMGrid(132, 8, 8)
@@ -134,7 +134,9 @@ def test_reaches_compliance_then_stops_moving(load: Load, start: SMAllocation, p
 
 
 def test_paper_predictor_learns_the_plant() -> None:
-    plant, _, ctrl = run(PREFILL_HEAVY, SMAllocation(30, 70), "paper", GRID, steps=60)
+    # One grid step per move, so that the controller visits (and the fit sees) several splits.
+    plant, _, ctrl = run(PREFILL_HEAVY, SMAllocation(30, 70), "paper", GRID, steps=60,
+                         candidate_bounds=CandidateBounds(max_steps=1))
     fit = ctrl.slo_algorithm.predictor.describe()["ttft_fit"]
     assert fit is not None
     assert fit["c"] * plant.rate == pytest.approx(PREFILL_HEAVY.lam, rel=0.05)  # the queueing pole
@@ -150,22 +152,39 @@ def test_paper_predictor_learns_the_plant() -> None:
 FAR_FROM_BALANCE = Load(a=4400, lam=28, b=14, c=330, d=11)
 
 
+SEED_STEPS = CandidateBounds(max_steps=2)  # the seed's neighbourhood: at most 2 grid steps per move
+
+
 def test_seed_selection_oscillates_without_monotone_moves() -> None:
-    """Why `monotone_moves` exists: the seed's heuristic predicts relative to a 50% share, so with
-    TTFT violated at 72.7% prefill it believes 60.6% also meets TTFT and, preferring balance, moves
-    there; the TTFT miss grows, it moves back, and so on forever."""
-    _, decisions, _ = run(FAR_FROM_BALANCE, SMAllocation(70, 30), "heuristic", GRID, monotone_moves=False)
+    """Why `monotone_moves` exists: in the seed's neighbourhood the seed's heuristic predicts relative
+    to a 50% share, so with TTFT violated at 72.7% prefill it believes 60.6% also meets TTFT and,
+    preferring balance, moves there; the TTFT miss grows, it moves back, and so on forever."""
+    _, decisions, _ = run(FAR_FROM_BALANCE, SMAllocation(70, 30), "heuristic", GRID, monotone_moves=False,
+                          reversal_memory_seconds=None, candidate_bounds=SEED_STEPS)
     late = adjustments(decisions[60:])
     assert len(late) >= 4
     moved_to = {decisions[60 + i].choice for i in late}
     assert {round(GRID.prefill_sms(a)) for a in moved_to if a is not None} == {80, 96}
 
 
-def test_monotone_moves_stop_that_oscillation() -> None:
-    plant, decisions, _ = run(FAR_FROM_BALANCE, SMAllocation(70, 30), "heuristic", GRID)
+@pytest.mark.parametrize("guard", [dict(reversal_memory_seconds=None), dict(monotone_moves=False)],
+                         ids=["monotone-moves", "reversal-memory"])
+def test_monotone_moves_or_the_reversal_memory_stop_that_oscillation(guard: dict[str, Any]) -> None:
+    plant, decisions, _ = run(FAR_FROM_BALANCE, SMAllocation(70, 30), "heuristic", GRID, candidate_bounds=SEED_STEPS,
+                              **guard)
     assert not adjustments(decisions[40:])
     assert GRID.prefill_sms(plant.allocation) == 104
     assert max(plant.ratios()) <= 1.1
+
+
+def test_reversal_memory_brackets_a_predictor_that_overshoots() -> None:
+    """From 30/70 on the prefill-heavy load the heuristic jumps to 80/20 (TTFT), where TPOT fails, and
+    would jump back toward the balanced split it prefers; the memory of the split that failed TTFT
+    keeps the way back above it, so the moves close in on a compliant split instead of swinging."""
+    _, swinging, _ = run(PREFILL_HEAVY, SMAllocation(30, 70), "heuristic", None, reversal_memory_seconds=None)
+    assert len(adjustments(swinging[60:])) >= 4
+    plant, decisions, _ = run(PREFILL_HEAVY, SMAllocation(30, 70), "heuristic", None)
+    assert not adjustments(decisions[40:]) and max(plant.ratios()) <= 1.1
 
 
 # Compliant only at 104 SMs of prefill; the heuristic's bias hides it from 88 SMs.
@@ -173,15 +192,17 @@ STALLS_HEURISTIC = Load(a=4600, lam=17, b=25, c=820, d=11.5, sat=100)
 
 
 def test_heuristic_bias_can_stall_where_paper_converges() -> None:
-    """A documented limit of the seed's heuristic: at 66.7/33.3 with TTFT at 1.15x, its x / 50 factor
-    makes the current split's TTFT look met and its y / 50 factor puts TPOT at 53 ms, a worst ratio
-    of 1.06; 72.7/27.3 it predicts at 1.30 (TPOT 65 ms, truly 41 ms), so no move lowers the worst
-    ratio and it keeps a violating split. The paper predictor scales from what it observes at the
-    current split and moves on to 78.8/21.2."""
-    plant, decisions, _ = run(STALLS_HEURISTIC, SMAllocation(30, 70), "heuristic", GRID)
+    """A documented limit of the seed's heuristic in the seed's neighbourhood: at 66.7/33.3 with TTFT
+    at 1.15x, its x / 50 factor makes the current split's TTFT look met and its y / 50 factor puts
+    TPOT at 53 ms, a worst ratio of 1.06; 72.7/27.3 it predicts at 1.30 (TPOT 65 ms, truly 41 ms), so
+    no move lowers the worst ratio and it keeps a violating split. The paper predictor scales from
+    what it observes at the current split and moves on to 78.8/21.2; so does the heuristic when every
+    split in the bounds is a candidate (the default), as the move to it is then one decision."""
+    plant, decisions, _ = run(STALLS_HEURISTIC, SMAllocation(30, 70), "heuristic", GRID, candidate_bounds=SEED_STEPS)
     assert not adjustments(decisions[40:])
     assert decisions[-1].violations.keys() == {"ttft"} and decisions[-1].action == "keep"
     assert plant.ratios()[0] > 1.1
-    plant, decisions, _ = run(STALLS_HEURISTIC, SMAllocation(30, 70), "paper", GRID)
-    assert not adjustments(decisions[40:])
-    assert max(plant.ratios()) <= 1.1
+    for predictor, bounds in (("paper", SEED_STEPS), ("heuristic", None)):
+        plant, decisions, _ = run(STALLS_HEURISTIC, SMAllocation(30, 70), predictor, GRID, candidate_bounds=bounds)
+        assert not adjustments(decisions[40:])
+        assert max(plant.ratios()) <= 1.1

@@ -102,7 +102,7 @@ def test_throughput_ties_go_to_headroom_then_to_the_smaller_move() -> None:
     # Headroom: worst ratio of 60/40 is max(1.0, 0.5) = 1.0, of 70/30 max(0.86, 0.67) = 0.86.
     assert algo.compute_optimal_allocation(window(ttft=120.0), HERE) == SMAllocation(70, 30)
     flat = profile(lambda x: 90.0 if x > 50 else 120.0, lambda y: 40.0)  # equal headroom: smallest move
-    algo = SLOAlgorithm(SLOConstraints(), predictor=flat)
+    algo = SLOAlgorithm(SLOConstraints(), predictor=flat, bounds=CandidateBounds(max_steps=2))
     assert algo.compute_optimal_allocation(window(ttft=120.0), HERE) == SMAllocation(60, 40)
 
 
@@ -111,7 +111,7 @@ def test_none_feasible_picks_the_smallest_worst_ratio_if_it_improves() -> None:
     algo = SLOAlgorithm(SLOConstraints(), predictor=pred)
     ev = algo.evaluate(window(ttft=180.0), HERE)
     assert not any(c.meets_slo for c in ev.candidates)
-    assert ev.choice == SMAllocation(70, 30)  # 9000/70 = 128.6 -> 1.29, the lowest worst ratio
+    assert ev.choice == SMAllocation(80, 20)  # 9000/80 = 112.5 -> 1.125, the lowest worst ratio
     assert ev.current is not None and ev.current.worst_ratio == pytest.approx(1.8)
     assert "lowest predicted worst ratio" in ev.reason
 
@@ -128,7 +128,7 @@ def test_none_feasible_and_no_improvement_keeps() -> None:
 def test_both_violated_balances_the_misses() -> None:
     # At 50/50 both miss: TTFT 160 (1.6x), TPOT 60 (1.2x). Moving to prefill trades TPOT for TTFT.
     pred = profile(lambda x: 8000.0 / x, lambda y: 3000.0 / y)
-    algo = SLOAlgorithm(SLOConstraints(), predictor=pred, bounds=CandidateBounds(adjustment_step=5))
+    algo = SLOAlgorithm(SLOConstraints(), predictor=pred, bounds=CandidateBounds(adjustment_step=5, max_steps=2))
     ev = algo.evaluate(window(ttft=160.0, tpot=60.0), HERE)
     assert ev.violations.keys() == {"ttft", "tpot"}
     assert ev.choice == SMAllocation(55, 45)
@@ -168,6 +168,62 @@ def test_a_forecasting_predictor_acts_before_the_window_shows_a_miss() -> None:
     assert not heuristic.should_adjust_resources(window(ttft=50.0, tpot=20.0), SMAllocation(80, 20))
 
 
+def test_one_decision_makes_the_whole_move_a_violation_needs() -> None:
+    # TTFT 3x over at 50/50; the model says 7000 / x, so x >= 70 meets it. The seed's two 5% steps cannot
+    # get there; by default every split in the bounds is a candidate and one move lands where the two
+    # SLOs' predicted ratios balance best: 75/25 (TTFT 0.93x, TPOT 0.8x).
+    pred = profile(lambda x: 7000.0 / x, lambda y: 1000.0 / y)
+    seed = SLOAlgorithm(SLOConstraints(), predictor=pred, bounds=CandidateBounds(adjustment_step=5, max_steps=2))
+    wide = SLOAlgorithm(SLOConstraints(), predictor=pred, bounds=CandidateBounds(adjustment_step=5))
+    assert seed.compute_optimal_allocation(window(ttft=300.0), HERE) == SMAllocation(60, 40)  # still short
+    assert wide.compute_optimal_allocation(window(ttft=300.0), HERE) == SMAllocation(75, 25)
+
+
+def test_stay_when_a_forecast_says_the_current_split_meets_both() -> None:
+    # The window still reads TTFT at 2x (an old load); the profile says this split meets both now.
+    pred = profile(lambda x: 80.0, lambda y: 30.0)
+    ev = SLOAlgorithm(SLOConstraints(), predictor=pred).evaluate(window(ttft=200.0), HERE)
+    assert ev.violations.keys() == {"ttft"} and ev.choice is None
+    assert ev.current is not None and ev.current.meets_slo and "current split is predicted to meet" in ev.reason
+    # A predictor that scales the window (paper: the prediction for the current split is the observation)
+    # never vouches for the current split.
+    paper = SLOAlgorithm(SLOConstraints(), predictor="paper").evaluate(window(ttft=200.0), HERE)
+    assert paper.choice is not None and paper.choice.prefill_percentage > 50
+
+
+def test_require_feasible_never_trades_one_miss_for_another() -> None:
+    # TTFT at 1.05x (within the threshold): a move must be predicted to meet both SLOs.
+    tight = profile(lambda x: 5250.0 / x, lambda y: 2450.0 / y)  # 60/40: TTFT 87.5, TPOT 61 - no split meets both
+    algo = SLOAlgorithm(SLOConstraints(), predictor=tight)
+    obs = algo.observe(window(ttft=105.0, tpot=49.0), HERE)
+    assert algo.detect_slo_violations(obs) == {}
+    strict = algo.decide(obs, violations={"ttft": 1.05}, require_feasible=True)
+    assert strict.choice is None and "no violation" in strict.reason
+    roomy = SLOAlgorithm(SLOConstraints(), predictor=profile(lambda x: 5250.0 / x, lambda y: 1000.0 / y))
+    moved = roomy.decide(roomy.observe(window(ttft=105.0), HERE), violations={"ttft": 1.05}, require_feasible=True)
+    assert moved.choice is not None and moved.choice.prefill_percentage > 50
+
+
+def test_anticipation_needs_a_real_gain() -> None:
+    algo = SLOAlgorithm(SLOConstraints(), predictor=profile(lambda x: 50.0, lambda y: 2250.0 / y),
+                        rebalance_above=0.8, rebalance_gain=0.25)
+    ratios = {"ttft": 0.5, "tpot": 0.9}
+    assert algo.pressing(ratios) == {"tpot": 0.9} and algo.pressing({"ttft": 0.5, "tpot": 0.7}) == {}
+    obs = algo.observe(window(ttft=50.0, tpot=45.0), HERE)
+    moved = algo.decide(obs, violations={"tpot": 0.9}, require_feasible=True, min_gain=0.25)
+    assert moved.choice is not None and moved.choice.decode_percentage > 50  # 2250 / 80 = 28 ms: 0.56x
+    capped = SLOAlgorithm(SLOConstraints(), predictor=algo.predictor, bounds=CandidateBounds(max_decode_percentage=60))
+    small = capped.decide(obs, violations={"tpot": 0.9}, require_feasible=True, min_gain=0.25)
+    assert small.choice is None and "lower the worst ratio by 25%" in small.reason  # 60% decode: 0.75x, 17% less
+    # Balanced: TTFT and TPOT both at 0.9x; the paper predictor (scaling the window) sees TTFT pay for
+    # what TPOT gains.
+    balanced = SLOAlgorithm(SLOConstraints(), predictor="paper")
+    kept = balanced.decide(balanced.observe(window(ttft=90.0, tpot=45.0), HERE), violations={"tpot": 0.9},
+                           require_feasible=True, min_gain=0.25)
+    assert kept.choice is None and kept.reason.endswith("keep (no violation to trade misses for)")
+    assert all(c.worst_ratio > 1 for c in kept.candidates)
+
+
 def test_no_candidate_in_bounds_keeps() -> None:
     bounds = CandidateBounds(min_prefill_percentage=50, max_prefill_percentage=50, min_decode_percentage=50,
                              max_decode_percentage=50)
@@ -196,6 +252,8 @@ def test_learning_is_optional() -> None:
 @pytest.mark.parametrize(("kwargs", "field"), [({"min_samples": 0}, "min_samples"),
                                                 ({"queue_min_waiting": 0}, "queue_min_waiting"),
                                                 ({"min_improvement": 1.0}, "min_improvement"),
+                                                ({"rebalance_above": 0.0}, "rebalance_above"),
+                                                ({"rebalance_gain": 1.0}, "rebalance_gain"),
                                                 ({"predictor": PaperPredictor(), "predictor_options": {"x": 1}},
                                                  "predictor_options")])
 def test_validation(kwargs: dict[str, object], field: str) -> None:

@@ -12,9 +12,12 @@ def _splits(candidates) -> set[tuple[float, float]]:
     return {(round(c.prefill_percentage, 6), round(c.decode_percentage, 6)) for c in candidates}
 
 
+SEED = CandidateBounds(max_steps=2)  # the seed's neighbourhood
+
+
 def test_percent_steps_follow_the_seed_loop() -> None:
     current = SMAllocation(50, 50)
-    got = _splits(generate_candidates(current, CandidateBounds()))
+    got = _splits(generate_candidates(current, SEED))
     expected = set()
     for dp in (-2, -1, 0, 1, 2):
         for dd in (-2, -1, 0, 1, 2):
@@ -27,7 +30,7 @@ def test_percent_steps_follow_the_seed_loop() -> None:
 
 def test_percent_bounds_are_configurable() -> None:
     bounds = CandidateBounds(min_prefill_percentage=40, max_prefill_percentage=60, min_decode_percentage=30,
-                             max_decode_percentage=70, adjustment_step=5)
+                             max_decode_percentage=70, adjustment_step=5, max_steps=2)
     got = generate_candidates(SMAllocation(60, 40), bounds)
     assert got
     for c in got:
@@ -45,7 +48,7 @@ def test_max_steps_sets_the_neighbourhood() -> None:
 def test_grid_candidates_are_realisable_neighbours() -> None:
     grid = SMGrid(132, 8, 8)
     current = grid.allocation(64)
-    got = generate_candidates(current, CandidateBounds(), grid)
+    got = generate_candidates(current, SEED, grid)
     sms = sorted(grid.prefill_sms(c.allocation) for c in got)  # raises if any is not realisable
     assert sms == [48, 56, 72, 80]
     for c in got:
@@ -55,18 +58,28 @@ def test_grid_candidates_are_realisable_neighbours() -> None:
 def test_grid_candidates_respect_bounds_and_edges() -> None:
     grid = SMGrid(132, 8, 8)
     # 104 SMs = 78.8%: +8 would be 85% prefill (> 80) and leave decode 15% (< 20).
-    got = generate_candidates(grid.allocation(104), CandidateBounds(), grid)
+    got = generate_candidates(grid.allocation(104), SEED, grid)
     assert sorted(grid.prefill_sms(c.allocation) for c in got) == [88, 96]
     wide = CandidateBounds(min_prefill_percentage=1, max_prefill_percentage=100, min_decode_percentage=1,
-                           max_decode_percentage=100)
+                           max_decode_percentage=100, max_steps=2)
     got = generate_candidates(grid.allocation(120), wide, grid)  # the last choice on the grid
     assert sorted(grid.prefill_sms(c.allocation) for c in got) == [104, 112]
 
 
 def test_off_grid_current_also_offers_its_nearest_split() -> None:
     grid = SMGrid(132, 8, 8)
-    got = generate_candidates(SMAllocation(70, 30), CandidateBounds(), grid)  # 92.4 SMs: nearest 96
+    got = generate_candidates(SMAllocation(70, 30), SEED, grid)  # 92.4 SMs: nearest 96
     assert sorted(grid.prefill_sms(c.allocation) for c in got) == [80, 88, 96, 104]
+
+
+def test_by_default_every_split_within_the_bounds_is_a_candidate() -> None:
+    grid = SMGrid(132, 8, 8)
+    got = generate_candidates(grid.allocation(64), CandidateBounds(), grid)
+    # 20%..80% prefill on 132 SMs: 32..104 SMs, all but the current 64.
+    assert sorted(grid.prefill_sms(c.allocation) for c in got) == [32, 40, 48, 56, 72, 80, 88, 96, 104]
+    percent = _splits(generate_candidates(SMAllocation(50, 50), CandidateBounds()))
+    assert (20, 80) in percent and (80, 20) in percent and (20, 20) in percent and (50, 50) not in percent
+    assert all(20 <= p <= 80 and 20 <= d <= 80 and p + d <= 100 for p, d in percent)
 
 
 def test_candidate_as_dict_and_distance() -> None:

@@ -69,6 +69,9 @@ class AggregatedMetrics:
     first arrival when that is shorter)."""
     request_arrival_rate: float = 0.0
     """Arrived requests per second (the paper's lambda)."""
+    arrival_input_token_rate: float = 0.0
+    """Prompt tokens of the arrived requests per second (the prefill demand; known at arrival,
+    unlike the completed requests' lengths)."""
     input_token_throughput: float = 0.0
     output_token_throughput: float = 0.0
     total_token_throughput: float = 0.0
@@ -76,6 +79,9 @@ class AggregatedMetrics:
     # first token in the window even if not completed yet.
     ttft_samples: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     tpot_samples: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    streaming_tpot_samples: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    """Streaming TPOT (ms): per request that streamed tokens in the window, finished or not, the
+    mean gap between them (see `semipd.metrics.window`). Leads TPOT, which is known only at completion."""
     window_truncated: bool = False
     """True when bounded history dropped events that fell inside the window: counts, rates and
     percentiles then cover only the most recent part of it (raise ``max_history_size``)."""
@@ -88,6 +94,10 @@ class AggregatedMetrics:
     def num_tpot_samples(self) -> int:
         return int(self.tpot_samples.size)
 
+    @property
+    def num_streaming_tpot_samples(self) -> int:
+        return int(self.streaming_tpot_samples.size)
+
     def ttft_percentile(self, p: float) -> float:
         """TTFT percentile `p` in (0, 100], ms; 0.0 with no samples."""
         return percentile(self.ttft_samples, p)
@@ -95,3 +105,7 @@ class AggregatedMetrics:
     def tpot_percentile(self, p: float) -> float:
         """TPOT percentile `p` in (0, 100], ms; 0.0 with no samples."""
         return percentile(self.tpot_samples, p)
+
+    def streaming_tpot_percentile(self, p: float) -> float:
+        """Streaming TPOT percentile `p` in (0, 100], ms; 0.0 with no samples."""
+        return percentile(self.streaming_tpot_samples, p)

@@ -117,12 +117,12 @@ class MetricsAggregator:
         start = end - self.window_size_seconds
         finished: list[tuple[float, ...]] = []
         first_tokens: list[tuple[float, float, float]] = []
-        arrivals: list[float] = []
-        itl: list[tuple[float, float]] = []
+        arrivals: list[tuple[float, float]] = []
+        itl: list[tuple[float, float, float]] = []
         num_in_flight = num_waiting = 0
-        for rec in records:
+        for serial, rec in enumerate(records):
             if rec.arrival_time is not None:
-                arrivals.append(rec.arrival_time)
+                arrivals.append((rec.arrival_time, float(rec.input_length)))
                 if rec.first_token_time is not None:
                     first_tokens.append(first_token_row(rec))
             if rec.completion_time is not None:
@@ -136,11 +136,11 @@ class MetricsAggregator:
                 prev = rec.first_token_time
                 for t in rec.token_times:
                     if prev is not None:
-                        itl.append((t, t - prev))
+                        itl.append((t, t - prev, serial))
                     prev = t
-        samples = select_window(_matrix(finished, 6), _matrix(first_tokens, 3),
-                                np.asarray(arrivals, dtype=np.float64), _matrix(itl, 2), start, end)
-        first_arrival = min(arrivals) if arrivals else None
+        samples = select_window(_matrix(finished, 6), _matrix(first_tokens, 3), _matrix(arrivals, 2),
+                                _matrix(itl, 3), start, end)
+        first_arrival = min(t for t, _ in arrivals) if arrivals else None
         return summarize(
             samples,
             window_start=start,

@@ -25,8 +25,10 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+import numpy as np
 
 from semipd.allocation import SMAllocation
 from semipd.clock import Clock, RealClock
@@ -44,6 +46,9 @@ from semipd.metrics.window import (
 )
 
 logger = logging.getLogger(__name__)
+
+_ITL_FLUSH = 4096
+"""Buffered token gaps that trigger a write to the ITL ring."""
 
 CompletionListener = Callable[[RequestMetrics], None]
 # Module constants: an enum member lookup costs a descriptor call on the hot path.
@@ -84,8 +89,14 @@ class SemiPDMetricsCollector:
         self._finished_index: dict[str, int] = {}
         self._finished = EventRing(max_history_size, 6)
         self._first_tokens = EventRing(max_history_size, 3)
-        self._arrivals = EventRing(max_history_size, 1)
-        self._itl = EventRing(max_itl_samples, 2)
+        self._arrivals = EventRing(max_history_size, 2)
+        self._itl = EventRing(max_itl_samples, 3)
+        # Token gaps are buffered in lists and written to the ring in bulk (at each query, or
+        # every _ITL_FLUSH gaps): one numpy write per thousands of tokens instead of one per token.
+        self._itl_times: list[float] = []
+        self._itl_gaps: list[float] = []
+        self._itl_serials: list[int] = []
+        self._next_serial = 0
         self._num_waiting_prefill = 0
         self._first_arrival: float | None = None
         self._system: SystemMetrics | None = None
@@ -105,11 +116,12 @@ class SemiPDMetricsCollector:
                 return
             if len(in_flight) >= self.max_in_flight:
                 self._evict_oldest_in_flight()
-            in_flight[rid] = RequestMetrics(rid, t, input_length=input_length)
+            in_flight[rid] = RequestMetrics(rid, t, input_length=input_length, serial=self._next_serial)
+            self._next_serial += 1
             self._num_waiting_prefill += 1
             self._totals["num_arrivals"] += 1
             ring = self._arrivals
-            ring.data[0, ring.claim()] = t
+            ring.data[:, ring.claim()] = (t, input_length)
             if self._first_arrival is None or t < self._first_arrival:
                 self._first_arrival = t
 
@@ -152,7 +164,9 @@ class SemiPDMetricsCollector:
                 self._reject(rid, "token", t)
                 return
             times = rec.token_times
-            prev = times[-1] if times else rec.first_token_time
+            prev = rec.last_token_time
+            if prev is None:
+                prev = rec.first_token_time
             if t < (prev if prev is not None else rec.arrival_time):
                 self._out_of_order(rid, "token", t)
                 return
@@ -160,9 +174,41 @@ class SemiPDMetricsCollector:
                 rec.token_times = [t]
             else:
                 times.append(t)
+            rec.last_token_time = t
             if prev is not None:
-                ring = self._itl
-                ring.data[:, ring.claim()] = (t, t - prev)
+                self._itl_times.append(t)
+                self._itl_gaps.append(t - prev)
+                self._itl_serials.append(rec.serial)
+                if len(self._itl_gaps) >= _ITL_FLUSH:
+                    self._flush_itl()
+
+    def record_decode_step(self, rids: Iterable[str], timestamp: float | None = None) -> None:
+        """One decode step gave each request in `rids` one token at the same time: the bulk form of
+        `record_token` for executors that do not stream (the simulator). It feeds the same window
+        statistics (ITL, streaming TPOT) but keeps no per-token times on the records, so
+        `RequestMetrics.itl_ms` stays empty for these tokens. Cost: one lock per step and a dict
+        lookup and two list appends per request."""
+        t = self._now() if timestamp is None else timestamp
+        with self._lock:
+            get = self._in_flight.get
+            gaps, serials = self._itl_gaps, self._itl_serials
+            add_gap, add_serial = gaps.append, serials.append
+            before = len(gaps)
+            for rid in rids:
+                rec = get(rid)
+                if rec is None:
+                    self._reject(rid, "token", t)
+                    continue
+                prev = rec.last_token_time
+                if prev is not None and prev <= t:  # the common case: a token after a token
+                    rec.last_token_time = t
+                    add_gap(t - prev)
+                    add_serial(rec.serial)
+                else:
+                    self._first_streamed_token(rec, t)
+            self._itl_times.extend([t] * (len(gaps) - before))
+            if len(gaps) >= _ITL_FLUSH:
+                self._flush_itl()
 
     def record_request_completion(
         self, rid: str, output_length: int, success: bool = True, timestamp: float | None = None
@@ -216,13 +262,18 @@ class SemiPDMetricsCollector:
             self._listeners = tuple(fn for fn in self._listeners if fn != listener)
 
     # -- queries ----------------------------------------------------------------------------
-    def get_current_window_metrics(self) -> AggregatedMetrics:
-        """Statistics over [now - window_size_seconds, now] (see `semipd.metrics.window`)."""
+    def get_current_window_metrics(self, since: float | None = None) -> AggregatedMetrics:
+        """Statistics over [now - window_size_seconds, now] (see `semipd.metrics.window`); with
+        `since`, over [max(now - window_size_seconds, since), now], e.g. the samples taken since
+        an SM reallocation. Rates divide by the length of that span."""
         with self._lock:
             end = self._now()
             start = end - self.window_size_seconds
+            if since is not None and since > start:
+                start = min(since, end)
+            self._flush_itl()
             fin, ft, itl = self._finished, self._first_tokens, self._itl
-            samples = select_window(fin.view(), ft.view(), self._arrivals.view()[0], itl.view(), start, end)
+            samples = select_window(fin.view(), ft.view(), self._arrivals.view(), itl.view(), start, end)
             num_in_flight = len(self._in_flight)
             waiting = self._num_waiting_prefill
             truncated = not all(r.covers(start) for r in (fin, ft, self._arrivals, itl))
@@ -231,7 +282,7 @@ class SemiPDMetricsCollector:
             samples,
             window_start=start,
             window_end=end,
-            effective_length=effective_window_length(self.window_size_seconds, end, first_arrival),
+            effective_length=effective_window_length(end - start, end, first_arrival),
             num_in_flight=num_in_flight,
             num_waiting_prefill=waiting,
             num_decoding=num_in_flight - waiting,
@@ -330,6 +381,27 @@ class SemiPDMetricsCollector:
         stats["history_size"] = self._finished.size
         stats["num_evicted"] = self._finished.evicted
         return stats
+
+    def _first_streamed_token(self, rec: RequestMetrics, t: float) -> None:
+        """`record_decode_step` for a request without a token after its first yet (or out of order)."""
+        prev = rec.last_token_time
+        if prev is None:
+            prev = rec.first_token_time
+        if t < (prev if prev is not None else rec.arrival_time):
+            self._out_of_order(rec.request_id, "token", t)
+            return
+        rec.last_token_time = t
+        if prev is not None:
+            self._itl_gaps.append(t - prev)
+            self._itl_serials.append(rec.serial)
+
+    def _flush_itl(self) -> None:
+        """Write the buffered token gaps to the ring."""
+        if self._itl_gaps:
+            self._itl.push_many(np.array((self._itl_times, self._itl_gaps, self._itl_serials), dtype=np.float64))
+            self._itl_times.clear()
+            self._itl_gaps.clear()
+            self._itl_serials.clear()
 
     def _record_phase(self, rid: str, attr: str, timestamp: float | None) -> None:
         t = self._now() if timestamp is None else timestamp

@@ -31,7 +31,11 @@ class RequestMetrics:
     The six timestamps are the seed's. ``completion_time`` is also set when the request is
     aborted (then ``aborted`` is True and ``success`` False). ``token_times`` holds the times of
     the tokens streamed after the first one (`SemiPDMetricsCollector.record_token`); it stays
-    ``None`` until the first of them.
+    ``None`` until the first of them. ``last_token_time`` is the time of the latest token after
+    the first, whichever way it was recorded (`record_token` or the bulk
+    `SemiPDMetricsCollector.record_decode_step`, which keeps no per-token times). ``serial`` is the
+    arrival number a collector gives the request (it keys the request's token gaps in the window
+    statistics); -1 outside a collector.
     """
 
     request_id: str
@@ -47,6 +51,8 @@ class RequestMetrics:
     aborted: bool = False
     handed_off: bool = False
     token_times: list[float] | None = None
+    last_token_time: float | None = None
+    serial: int = -1
 
     @property
     def status(self) -> RequestStatus:
@@ -122,8 +128,11 @@ class RequestMetrics:
                   self.completion_time):
             if t is not None and (latest is None or t > latest):
                 latest = t
-        if self.token_times and (latest is None or self.token_times[-1] > latest):
-            latest = self.token_times[-1]
+        last = self.last_token_time
+        if last is None and self.token_times:
+            last = self.token_times[-1]
+        if last is not None and (latest is None or last > latest):
+            latest = last
         return latest
 
 

@@ -50,6 +50,33 @@ class EventRing:
         self.data[:, i] = row
         return i
 
+    def push_many(self, rows: np.ndarray) -> None:
+        """Write the columns of the ``(num_columns, k)`` array `rows` as k rows, oldest first
+        (bulk form of `push`: one numpy assignment per contiguous stretch of the ring)."""
+        k = rows.shape[1]
+        cap = self.capacity
+        if k == 0:
+            return
+        if k > cap:  # only the newest `capacity` rows survive
+            self.evicted += k - cap
+            self.evicted_max_time = max(self.evicted_max_time, float(rows[0, :k - cap].max()))
+            self.next_index = (self.next_index + k - cap) % cap
+            rows, k = rows[:, k - cap:], cap
+        i = self.next_index
+        end = i + k
+        times = self.data[0]
+        for a, b in ((i, min(end, cap)), (0, end - cap)):  # the slots written, wrapping at the end
+            b = min(b, self.size)  # filled ones lose their row
+            if b > a:
+                self.evicted += b - a
+                self.evicted_max_time = max(self.evicted_max_time, float(times[a:b].max()))
+        first = min(k, cap - i)
+        self.data[:, i:i + first] = rows[:, :first]
+        if first < k:
+            self.data[:, :k - first] = rows[:, first:]
+        self.size = min(cap, self.size + k)
+        self.next_index = (i + k) % cap
+
     def view(self) -> np.ndarray:
         """A ``(num_columns, size)`` view (no copy) of the filled rows; it changes on later pushes."""
         return self.data[:, : self.size]

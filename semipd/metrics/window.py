@@ -5,8 +5,8 @@ window [start, end] (inclusive), so the two compute every metric with the same c
 
 - finished rows (time = completion/abort/hand-off time): status, TPOT, e2e latency, lengths;
 - first-token rows (time = first token): TTFT and queue time;
-- arrival rows (time = arrival);
-- ITL rows (time = the token's time): the gap to the previous token.
+- arrival rows (time = arrival): the prompt length;
+- ITL rows (time = the token's time): the gap to the previous token and the request's serial.
 
 What each statistic covers:
 
@@ -14,6 +14,11 @@ What each statistic covers:
   controller sees TTFT rise before those requests complete).
 - TPOT, e2e latency, request/token throughput: requests completed successfully in the window.
 - ITL: tokens streamed in the window.
+- Streaming TPOT: for each request that streamed at least `MIN_STREAMING_GAPS` tokens (after its
+  first) in the window, the mean gap between them: TPOT as the window saw it, finished or not.
+  TPOT proper is known only when a request completes, so it describes the split (and the load)
+  of a whole request's life, up to a request length plus a window ago; streaming TPOT moves as
+  soon as the decode step does, which is what a controller needs to see.
 - Rates divide by the effective window length: the window length, or the time elapsed since
   the first arrival when that is shorter (a collector started 5 s ago has a 5 s window); 0.0
   when that length is not positive.
@@ -35,6 +40,11 @@ PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 # Column layouts of the event rows.
 FINISHED_COLUMNS = ("time", "status", "tpot_s", "e2e_s", "input_length", "output_length")
 FIRST_TOKEN_COLUMNS = ("time", "ttft_s", "queue_s")
+ARRIVAL_COLUMNS = ("time", "input_length")
+ITL_COLUMNS = ("time", "gap_s", "serial")
+MIN_STREAMING_GAPS = 2
+"""Token gaps a request needs in the window to give a streaming TPOT sample (one gap alone is
+the noisiest: it may hold the wait for a decode step boundary after the first token)."""
 _COMPLETED = RequestStatus.COMPLETED
 
 
@@ -72,7 +82,11 @@ class WindowSamples:
     ttft_s: np.ndarray
     queue_s: np.ndarray
     itl_s: np.ndarray
+    streaming_tpot_s: np.ndarray
+    """Per request with at least `MIN_STREAMING_GAPS` token gaps in the window: their mean."""
     num_arrivals: int
+    arrival_input_tokens: float
+    """Prompt tokens of the requests that arrived in the window."""
 
 
 def _keep(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -89,17 +103,34 @@ def _rows_in_window(rows: np.ndarray, start: float, end: float) -> np.ndarray:
     return rows[:, np.flatnonzero((times >= start) & (times <= end))]
 
 
+def streaming_tpot(gaps: np.ndarray, serials: np.ndarray, min_gaps: int = MIN_STREAMING_GAPS) -> np.ndarray:
+    """Mean gap per request (`serials` tell the requests apart) over requests with at least
+    `min_gaps` gaps, in no particular order."""
+    if gaps.size == 0:
+        return gaps[:0].copy()
+    keys = serials.astype(np.int64)
+    low = int(keys.min())
+    if int(keys.max()) - low > 4 * keys.size:  # sparse serials: compact them first
+        _, keys = np.unique(keys, return_inverse=True)
+    else:
+        keys = keys - low
+    counts = np.bincount(keys)
+    sums = np.bincount(keys, weights=gaps)
+    kept = counts >= min_gaps
+    return sums[kept] / counts[kept]
+
+
 def select_window(
     finished: np.ndarray,
     first_tokens: np.ndarray,
-    arrival_times: np.ndarray,
+    arrivals: np.ndarray,
     itl: np.ndarray,
     start: float,
     end: float,
 ) -> WindowSamples:
-    """Select the events in [start, end]. `finished` and `first_tokens` are ``(num_columns, n)``
-    matrices in the `FINISHED_COLUMNS` / `FIRST_TOKEN_COLUMNS` order, `itl` is ``(2, n)`` (time,
-    gap in s). The result holds copies."""
+    """Select the events in [start, end]. Each argument is a ``(num_columns, n)`` matrix whose
+    rows are in `FINISHED_COLUMNS`, `FIRST_TOKEN_COLUMNS`, `ARRIVAL_COLUMNS` and `ITL_COLUMNS`
+    order. The result holds copies."""
     fin = _rows_in_window(finished, start, end)
     status = fin[1]
     completed = status == float(RequestStatus.COMPLETED)
@@ -107,6 +138,8 @@ def select_window(
     tpot, e2e = done[2], done[3]
     ft = _rows_in_window(first_tokens, start, end)
     queue = ft[2]
+    tokens = _rows_in_window(itl, start, end)
+    arrived = _rows_in_window(arrivals, start, end)
     return WindowSamples(
         finished_status=status,
         tpot_s=_keep(tpot, ~np.isnan(tpot)),
@@ -115,8 +148,10 @@ def select_window(
         output_lengths=done[5],
         ttft_s=ft[1],
         queue_s=_keep(queue, ~np.isnan(queue)),
-        itl_s=_rows_in_window(itl, start, end)[1],
-        num_arrivals=int(np.count_nonzero((arrival_times >= start) & (arrival_times <= end))),
+        itl_s=tokens[1],
+        streaming_tpot_s=streaming_tpot(tokens[1], tokens[2]),
+        num_arrivals=arrived.shape[1],
+        arrival_input_tokens=float(arrived[1].sum()),
     )
 
 
@@ -168,6 +203,7 @@ def summarize(
     ttft_ms, ttft_mean, ttft_p = _stats_ms(samples.ttft_s)
     tpot_ms, tpot_mean, tpot_p = _stats_ms(samples.tpot_s)
     _, itl_mean, itl_p = _stats_ms(samples.itl_s)
+    streaming_ms, _, _ = _stats_ms(samples.streaming_tpot_s)
     _, queue_mean, queue_p = _stats_ms(samples.queue_s)
     _, e2e_mean, e2e_p = _stats_ms(samples.e2e_s)
     input_tokens = float(samples.input_lengths.sum())
@@ -209,11 +245,13 @@ def summarize(
         e2e_latency_p99=e2e_p[3],
         request_throughput=num_completed / length,
         request_arrival_rate=samples.num_arrivals / length,
+        arrival_input_token_rate=samples.arrival_input_tokens / length,
         input_token_throughput=input_tokens / length,
         output_token_throughput=output_tokens / length,
         total_token_throughput=(input_tokens + output_tokens) / length,
         ttft_samples=ttft_ms,
         tpot_samples=tpot_ms,
+        streaming_tpot_samples=streaming_ms,
         window_truncated=window_truncated,
     )
 

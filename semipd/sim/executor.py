@@ -10,7 +10,9 @@ end is re-scheduled under a new generation and the stale event is dropped when p
 Lifecycle events go to the `SemiPDMetricsCollector` with explicit virtual timestamps, as
 the real engine records them: arrival, prefill start (first chunk), first token and
 prefill end (last chunk's iteration end), decode start (admission to a decode step),
-completion. Per-token events are not recorded (the hour-long trace has ~4M tokens).
+completion; and the tokens of each decode step, in one bulk call per step
+(`SemiPDMetricsCollector.record_decode_step`: the hour-long trace has ~4M tokens, too many for
+one call each), which feeds the window's ITL and streaming TPOT.
 """
 
 from __future__ import annotations
@@ -141,6 +143,10 @@ class SimExecutor(ABC):
         if not self._decode_started[k]:
             self._decode_started[k] = True
             self.collector.record_decode_start(request.rid, timestamp=t)
+
+    def record_decode_step(self, requests: Sequence[Request], t: float) -> None:
+        """The tokens a decode step gave `requests` at `t` (one each), in one collector call."""
+        self.collector.record_decode_step([r.rid for r in requests], timestamp=t)
 
     def record_completion(self, request: Request, t: float) -> None:
         """Record the end of a finished request (once; later calls do nothing)."""

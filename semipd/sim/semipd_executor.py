@@ -164,7 +164,9 @@ class SemiPDExecutor(SimExecutor):
         self._begin(self.d, batch, work, t)
 
     def _decode_done(self, batch: Batch, t: float) -> None:
-        for r in self.decode.update(batch, None):
+        finished = self.decode.update(batch, None)
+        self.record_decode_step(batch.decodes, t)
+        for r in finished:
             self.record_completion(r, t)
         self._start_decode(t)
         if not self.p.busy and self.prefill.has_work():

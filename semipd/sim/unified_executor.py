@@ -51,6 +51,8 @@ class UnifiedExecutor(SimExecutor):
         self._batch = None
         self.busy_time += t - self._start
         finished = self.scheduler.update(batch, None)
+        if batch.decodes:
+            self.record_decode_step(batch.decodes, t)
         for c in batch.prefills:
             r = c.request
             if c.is_last and r.state is not RequestState.ABORTED:

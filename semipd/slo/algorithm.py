@@ -13,8 +13,8 @@ before the decode batch has grown into a TPOT miss. The algorithm acts only on a
 violation; a compliant split is never moved, so once the SLOs are met the allocation
 stays put (the threshold above 1 is hysteresis).
 
-Candidates (2.3) are the neighbours of the current split, on the resource manager's
-`SMGrid` when it has one (`semipd.slo.candidates`). With ``monotone_moves`` (default)
+Candidates (2.3) are the splits within the bounds (`semipd.slo.candidates`), on the resource
+manager's `SMGrid` when it has one. With ``monotone_moves`` (default)
 a candidate must give more SMs to the phase whose SLO alone is violated: a phase never
 gets faster with fewer or the same SMs, so any other move is a predictor's error. The seed's
 heuristic makes that error: its factors are relative to a 50% share, so from 72/28 with
@@ -26,11 +26,20 @@ current split, so that candidates are compared with the same model's view of the
 split (the seed's heuristic is biased toward 50% and would otherwise look worse or better
 than the raw observation for no reason).
 
-Selection (2.5) and the two policies the seed leaves open:
+Selection (2.5) and the policies the seed leaves open:
 
 - Some candidates are predicted to meet both SLOs: the one with the highest predicted
   throughput (the seed). Ties, as when every feasible split carries the whole load, go to
-  the lowest predicted worst ratio (most headroom), then to the smallest move.
+  the nearest split predicted to keep both SLOs ``headroom`` (relative) below target, or,
+  when none does, to the one with the most headroom. The nearest such split is the smallest
+  move that fixes the violation with a margin for prediction error, so the move grows with
+  the violation and does not overshoot to the far end of the bounds.
+- The current split stays a candidate ("stay") when a forecasting predictor (whose
+  predictions are absolute, not scaled from the window) predicts that it meets both SLOs:
+  the window's miss is then stale (samples of an earlier load) and moving would only have
+  to be undone. Predictors that scale from the window describe the current split by the
+  observation itself (paper) or by a biased share factor (the seed's heuristic), so they
+  never vouch for it.
 - No candidate is predicted to meet both SLOs: the candidate that minimises the worst
   predicted ratio max(TTFT / target, TPOT / target), if that is at least
   ``min_improvement`` (relative) below the current split's predicted worst ratio; else
@@ -41,6 +50,17 @@ Selection (2.5) and the two policies the seed leaves open:
   disjoint partitions). Raising prefill regardless would starve decode when TPOT is the
   worse miss; minimising the worst ratio moves SMs toward the phase that misses more and
   stops where the two misses balance, which is the best a fixed total of SMs can do.
+- A miss within the threshold (the controller acts on one that persists; see
+  `semipd.slo.controller`): only a move to a split predicted to meet both SLOs
+  (``require_feasible``), never the worst-ratio rule, so the band keeps its purpose.
+- Anticipation (`pressing`): an SLO at ``rebalance_above`` of its target or more while
+  none is violated. A load that shifts toward one phase shows first as that phase's ratio
+  climbing while the other phase's falls; waiting for the violation means acting after the
+  requests in flight have already missed (a decode batch keeps growing for a request
+  length after the arrival mix changes). The algorithm then moves, like for a persistent
+  miss, only to a split predicted to meet both SLOs, and only if that lowers the predicted
+  worst ratio by ``rebalance_gain`` (relative): a split whose ratios are balanced has no
+  such move, so a steady load does not move the split back and forth.
 """
 
 from __future__ import annotations
@@ -53,6 +73,7 @@ from semipd.allocation import SMAllocation, SMGrid
 from semipd.metrics.aggregated import AggregatedMetrics
 from semipd.slo.candidates import CandidateBounds, ResourceAllocationCandidate, generate_candidates
 from semipd.slo.constraints import SLOConstraints
+from semipd.slo.decision import format_split
 from semipd.slo.observation import Observation
 from semipd.slo.predictors import Predictor, create_predictor
 
@@ -85,7 +106,8 @@ class SLOAlgorithm:
     def __init__(self, slo_constraints: SLOConstraints, predictor: str | Predictor = "heuristic",
                  bounds: CandidateBounds | None = None, min_samples: int = 10, queue_min_waiting: int | None = 8,
                  min_improvement: float = 0.05, predictor_options: dict[str, Any] | None = None,
-                 monotone_moves: bool = True) -> None:
+                 monotone_moves: bool = True, rebalance_above: float | None = 0.8,
+                 rebalance_gain: float = 0.25) -> None:
         if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
             raise ValueError(f"min_samples must be an integer >= 1, got {min_samples!r}")
         if queue_min_waiting is not None and (isinstance(queue_min_waiting, bool)
@@ -93,6 +115,12 @@ class SLOAlgorithm:
             raise ValueError(f"queue_min_waiting must be an integer >= 1 or None, got {queue_min_waiting!r}")
         if not (isinstance(min_improvement, (int, float)) and 0 <= min_improvement < 1):
             raise ValueError(f"min_improvement must be in [0, 1), got {min_improvement!r}")
+        if rebalance_above is not None and not (isinstance(rebalance_above, (int, float))
+                                                and not isinstance(rebalance_above, bool) and rebalance_above > 0):
+            raise ValueError(f"rebalance_above must be None or a number > 0, got {rebalance_above!r}")
+        if not (isinstance(rebalance_gain, (int, float)) and not isinstance(rebalance_gain, bool)
+                and 0 <= rebalance_gain < 1):
+            raise ValueError(f"rebalance_gain must be in [0, 1), got {rebalance_gain!r}")
         if isinstance(predictor, str):
             predictor = create_predictor(predictor, **(predictor_options or {}))
         elif predictor_options:
@@ -104,26 +132,41 @@ class SLOAlgorithm:
         self.queue_min_waiting = queue_min_waiting
         self.min_improvement = float(min_improvement)
         self.monotone_moves = monotone_moves
+        self.rebalance_above = None if rebalance_above is None else float(rebalance_above)
+        self.rebalance_gain = float(rebalance_gain)
 
     def observe(self, metrics: AggregatedMetrics, allocation: SMAllocation) -> Observation:
         """Read a window against the SLOs (does not teach the predictor)."""
         return Observation.from_metrics(metrics, allocation, self.slo_constraints, self.min_samples,
                                         self.queue_min_waiting)
 
-    def detect_slo_violations(self, observation: Observation) -> dict[str, float]:
-        """Violated SLOs and their ratios: seed 2.2 at the configured percentiles, plus the queue,
-        plus what a forecasting predictor expects of the current split (the larger ratio wins)."""
+    def slo_ratios(self, observation: Observation) -> dict[str, float]:
+        """Each SLO's effective latency over its target: the observation (with the queue), or
+        what a forecasting predictor expects of the current split when that is larger."""
         slo = self.slo_constraints
         ttft, tpot = observation.ttft_ms, observation.tpot_ms
         if self.predictor.forecasts:
             forecast = self.predictor.predict(observation.allocation, observation)
             ttft, tpot = max(ttft, forecast.ttft_ms), max(tpot, forecast.tpot_ms)
-        violations = {}
-        if ttft / slo.ttft_target_ms > slo.ttft_violation_threshold:
-            violations["ttft"] = ttft / slo.ttft_target_ms
-        if tpot / slo.tpot_target_ms > slo.tpot_violation_threshold:
-            violations["tpot"] = tpot / slo.tpot_target_ms
-        return violations
+        return {"ttft": ttft / slo.ttft_target_ms, "tpot": tpot / slo.tpot_target_ms}
+
+    def detect_slo_violations(self, observation: Observation) -> dict[str, float]:
+        """Violated SLOs and their ratios: seed 2.2 at the configured percentiles, plus the queue,
+        plus what a forecasting predictor expects of the current split (the larger ratio wins)."""
+        return self.violated(self.slo_ratios(observation))
+
+    def violated(self, ratios: dict[str, float]) -> dict[str, float]:
+        """The `slo_ratios` above their violation thresholds."""
+        slo = self.slo_constraints
+        thresholds = {"ttft": slo.ttft_violation_threshold, "tpot": slo.tpot_violation_threshold}
+        return {name: ratio for name, ratio in ratios.items() if ratio > thresholds[name]}
+
+    def pressing(self, ratios: dict[str, float]) -> dict[str, float]:
+        """The SLO to anticipate: the one with the larger ratio, if at least ``rebalance_above``."""
+        name = max(ratios, key=lambda k: ratios[k])
+        if self.rebalance_above is None or ratios[name] < self.rebalance_above:
+            return {}
+        return {name: ratios[name]}
 
     def should_adjust_resources(self, metrics: AggregatedMetrics, allocation: SMAllocation) -> bool:
         """Whether the window under `allocation` violates an SLO (seed 3.2)."""
@@ -141,8 +184,14 @@ class SLOAlgorithm:
         return self.decide(self.observe(metrics, allocation), sm_grid, learn)
 
     def decide(self, observation: Observation, sm_grid: SMGrid | None = None, learn: bool = True,
-               violations: dict[str, float] | None = None) -> Evaluation:
-        """`evaluate` for a window already read with `observe` (and its `violations`, if already detected)."""
+               violations: dict[str, float] | None = None, require_feasible: bool = False,
+               min_gain: float = 0.0, prefill_range: tuple[float, float] = (0.0, 100.0)) -> Evaluation:
+        """`evaluate` for a window already read with `observe` (and its `violations`, if already
+        detected). With `require_feasible`, move only to a split predicted to meet both SLOs,
+        and only if its predicted worst ratio is `min_gain` (relative) below the current split's
+        (for a persistent miss within the threshold or an anticipated one, passed as `violations`).
+        Candidates lie strictly inside `prefill_range` (prefill percent; the controller's memory of
+        splits that recently violated an SLO)."""
         if learn:
             self.predictor.observe(observation)
         allocation = observation.allocation
@@ -154,8 +203,9 @@ class SLOAlgorithm:
                                                               allocation.decode_percentage), observation)
         candidates = tuple(self._predicted(c, observation)
                            for c in generate_candidates(allocation, self.bounds, sm_grid)
-                           if self._allowed(c, allocation, violations))
-        choice, reason = self._select(candidates, current, allocation)
+                           if self._allowed(c, allocation, violations)
+                           and prefill_range[0] + 1e-9 < c.prefill_percentage < prefill_range[1] - 1e-9)
+        choice, reason = self._select(candidates, current, allocation, require_feasible, min_gain)
         return Evaluation(observation, violations, current, candidates, choice, reason)
 
     def _allowed(self, candidate: ResourceAllocationCandidate, allocation: SMAllocation,
@@ -183,21 +233,32 @@ class SLOAlgorithm:
         )
 
     def _select(self, candidates: tuple[ResourceAllocationCandidate, ...], current: ResourceAllocationCandidate,
-                allocation: SMAllocation) -> tuple[SMAllocation | None, str]:
-        if not candidates:
+                allocation: SMAllocation, require_feasible: bool = False,
+                min_gain: float = 0.0) -> tuple[SMAllocation | None, str]:
+        stay = current.meets_slo and self.predictor.forecasts
+        if not candidates and not stay:
             return None, "no candidate split within bounds that gives SMs to the phase missing its SLO: keep"
-        feasible = [c for c in candidates if c.meets_slo]
+        feasible = [c for c in candidates if c.meets_slo] + ([current] if stay else [])
         if feasible:
             top = max(c.predicted_throughput or 0.0 for c in feasible)
             near_top = [c for c in feasible if (c.predicted_throughput or 0.0) >= top * (1 - _TIE)]
             best = min(near_top, key=lambda c: (c.worst_ratio, c.distance(allocation)))
-            return best.allocation, (f"{best.allocation}: highest predicted throughput ({top:.3g}) of "
-                                     f"{len(feasible)} candidate(s) predicted to meet both SLOs")
+            if best is current:
+                return None, (f"the current split is predicted to meet both SLOs with as much headroom as any "
+                              f"(worst ratio {current.worst_ratio:.3g}): keep")
+            if min_gain > 0 and best.worst_ratio > current.worst_ratio * (1 - min_gain):
+                return None, (f"no split is predicted to lower the worst ratio by {min_gain:.0%} "
+                              f"(best {best.worst_ratio:.3g}, current {current.worst_ratio:.3g}): keep")
+            return best.allocation, (f"{format_split(best.allocation)}: predicted to meet both SLOs (worst ratio "
+                                     f"{best.worst_ratio:.3g}), highest predicted throughput ({top:.3g}) of "
+                                     f"{len(feasible)} such split(s), the most headroom")
+        if require_feasible:
+            return None, "no candidate is predicted to meet both SLOs: keep (no violation to trade misses for)"
         best = min(candidates, key=lambda c: (c.worst_ratio, -(c.predicted_throughput or 0.0),
                                               c.distance(allocation)))
         if best.worst_ratio < current.worst_ratio * (1 - self.min_improvement):
-            return best.allocation, (f"{best.allocation}: no candidate is predicted to meet both SLOs; lowest "
-                                     f"predicted worst ratio {best.worst_ratio:.3g} (current "
+            return best.allocation, (f"{format_split(best.allocation)}: no candidate is predicted to meet both "
+                                     f"SLOs; lowest predicted worst ratio {best.worst_ratio:.3g} (current "
                                      f"{current.worst_ratio:.3g})")
         return None, (f"no candidate is predicted to meet both SLOs or to lower the worst ratio enough "
                       f"(best {best.worst_ratio:.3g}, current {current.worst_ratio:.3g}): keep")

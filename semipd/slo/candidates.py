@@ -1,11 +1,17 @@
 """Allocation candidates around the current split (the seed's section 2.3).
 
 Without an `SMGrid` the candidates are the seed's: prefill and decode shares each moved
-by -2..+2 ``adjustment_step`` percent independently (so their sum may fall below 100),
+by -N..+N ``adjustment_step`` percent independently (so their sum may fall below 100),
 kept within the bounds. With a grid (the resource manager's ``get_status()["sm_grid"]``)
 decode always gets the SMs prefill does not take, and the candidates are the grid's
-realisable splits -2..+2 grid steps from the current one, so a backend that splits in
+realisable splits -N..+N grid steps from the current one, so a backend that splits in
 8-SM steps is only ever asked for splits it can make.
+
+N is ``max_steps``. The seed uses 2; by default (None) every split within the bounds is a
+candidate, so one decision can make the move a violation needs instead of creeping 2 steps
+per decision and waiting for fresh samples after each: the algorithm picks the nearest
+candidate predicted to meet both SLOs with headroom, so the size of the move follows the
+size of the violation (`semipd.slo.algorithm`).
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ class CandidateBounds:
     """Largest decode share a candidate may have, percent."""
     adjustment_step: float = 10.0
     """One step in percent of the device (without a grid; a grid moves by its granularity)."""
-    max_steps: int = 2
-    """Candidates lie 1..max_steps steps from the current split on each axis (the seed: 2)."""
+    max_steps: int | None = None
+    """Candidates lie 1..max_steps steps from the current split on each axis (the seed: 2);
+    None: anywhere within the bounds."""
 
     def __post_init__(self) -> None:
         for phase in ("prefill", "decode"):
@@ -45,8 +52,9 @@ class CandidateBounds:
         step = self.adjustment_step
         if isinstance(step, bool) or not isinstance(step, (int, float)) or not 0 < step <= 100:
             raise ValueError(f"adjustment_step must be a number in (0, 100], got {step!r}")
-        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
-            raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+        steps = self.max_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"max_steps must be None or an integer >= 1, got {steps!r}")
 
     def admits(self, prefill: float, decode: float) -> bool:
         """Whether a split lies inside the bounds (a tolerance absorbs float steps)."""
@@ -100,7 +108,8 @@ def generate_candidates(current: SMAllocation, bounds: CandidateBounds,
     """Neighbours of `current` within `bounds` (never `current` itself), unpredicted."""
     if grid is not None:
         return _grid_candidates(current, bounds, grid)
-    deltas = range(-bounds.max_steps, bounds.max_steps + 1)
+    steps = bounds.max_steps if bounds.max_steps is not None else math.ceil(100.0 / bounds.adjustment_step)
+    deltas = range(-steps, steps + 1)
     candidates = []
     for prefill_delta in deltas:
         for decode_delta in deltas:
@@ -121,7 +130,8 @@ def _grid_candidates(current: SMAllocation, bounds: CandidateBounds,
     # An off-grid current split (set before the grid was known) also gets its nearest realisable one.
     off_grid = not _same(nearest, current)
     candidates = []
-    for delta in range(-bounds.max_steps, bounds.max_steps + 1):
+    steps = bounds.max_steps if bounds.max_steps is not None else len(choices)
+    for delta in range(-steps, steps + 1):
         index = here + delta
         if (delta == 0 and not off_grid) or not 0 <= index < len(choices):
             continue

@@ -9,17 +9,36 @@ Stale samples after a move. A window read right after a reallocation still holds
 samples produced under the previous split; acting on it would judge the new split by
 the old one's latencies and overcorrect. After a successful reallocation the controller
 therefore holds (does not evaluate, and does not teach the predictor) until
-``cooldown_seconds`` have passed and, with ``settle_on_window`` (default), until a whole
-window - its length as the metrics report it, ``window_end_time - window_start_time`` -
-has passed, so every sample the next decision uses was produced under the new split.
-Durations are compared, not timestamps, so the collector may run on another clock.
-One exception (``escalate``, default on): once the cooldown is over, if every SLO that
-was violated at the last move now misses by a ratio larger by ``min_improvement``
-(relative; smaller changes count as noise), the move is not helping - it was too small,
-or the load is still growing - and the controller acts again at once instead of waiting
-out the window. A window mixing the old and the new split improves as soon as the new
-split is better, so a move that is taking effect is not escalated.
-Windows that still mix splits never teach the predictor.
+``cooldown_seconds`` have passed, and while the resource manager reports the switch still
+pending (``switch_pending_for`` in its status). Then:
+
+- A metrics source whose ``get_current_window_metrics`` takes ``since`` (the collector does)
+  is read through a `WindowReader` (`semipd.slo.window_reader`): the window since the switch
+  took effect, or since the load last shifted, so every sample is of the current split and
+  load. The controller evaluates it (and the predictor learns from it) as soon as it holds
+  ``min_samples`` samples of each SLO, or a whole window has passed. Together with streaming
+  TPOT (`semipd.slo.observation`) this answers a move in a cooldown instead of a window, and
+  a load change within ``2 x monitoring_interval``.
+- Any other source: with ``settle_on_window`` (default) the controller waits until a whole
+  window - its length as the metrics report it, ``window_end_time - window_start_time`` -
+  has passed. Durations are compared, not timestamps, so the collector may run on another
+  clock. One exception (``escalate``, default on): once the cooldown is over, if every SLO
+  that was violated at the last move now misses by a ratio larger by ``min_improvement``
+  (relative; smaller changes count as noise), the move is not helping - it was too small,
+  or the load is still growing - and the controller acts again at once instead of waiting
+  out the window. A window mixing the old and the new split improves as soon as the new
+  split is better, so a move that is taking effect is not escalated. Windows that still
+  mix splits never teach the predictor.
+
+The violation threshold. An SLO is violated above ``threshold x target`` (the seed's 1.1):
+the band between target and threshold is hysteresis, so a split chosen because it was
+predicted to meet the targets is not abandoned for a small miss. But a split can sit in
+the band for good (TTFT at 1.05x target is ~8% of requests late at P95). A miss that
+persists for ``persistent_miss_cycles`` evaluated cycles in a row is therefore acted on too,
+with a stricter rule than a violation: only a move to a split predicted to meet both SLOs
+(`SLOAlgorithm.decide` with ``require_feasible``), never a trade of one miss for another.
+The threshold keeps its meaning for what counts as a violation, and the controller is not
+stuck just under it.
 
 Faults. A metrics source or status call that raises, an algorithm error, and a
 reallocation request that returns False or raises are each logged, counted and recorded
@@ -39,14 +58,17 @@ from semipd.metrics.aggregated import AggregatedMetrics
 from semipd.slo.algorithm import SLOAlgorithm
 from semipd.slo.candidates import CandidateBounds
 from semipd.slo.constraints import SLOConstraints
-from semipd.slo.decision import Decision
+from semipd.slo.decision import Decision, format_split
 from semipd.slo.predictors import Predictor
+from semipd.slo.window_reader import WindowReader
 
 logger = logging.getLogger(__name__)
 
 
 class MetricsSource(Protocol):
-    """Anything that returns the current window (a `SemiPDMetricsCollector`, a `MetricsAggregator`, a fake)."""
+    """Anything that returns the current window (a `SemiPDMetricsCollector`, a fake). A source
+    whose method also takes ``since`` (clock seconds: the window starts no earlier) lets the
+    controller judge a new split by its own samples as soon as there are enough of them."""
 
     def get_current_window_metrics(self) -> AggregatedMetrics: ...
 
@@ -58,9 +80,11 @@ class SLOAwareResourceController:
     predictor name or a `Predictor`; `predictor_options` go to its constructor.
     `min_samples` TTFT (resp. TPOT) samples are needed in the window before that SLO is
     judged. `clock` (default `RealClock`) times cycles and cooldowns. `settle_on_window`
-    and `escalate` govern the wait after a move (see the module docstring). The last
+    and `escalate` govern the wait after a move, `persistent_miss_cycles` (None: never) the
+    misses within the violation threshold (see the module docstring). The last
     `decision_log_size` decisions are kept. `candidate_bounds`, `queue_min_waiting`,
-    `min_improvement` and `monotone_moves` configure the `SLOAlgorithm` (``controller.slo_algorithm``).
+    `min_improvement`, `monotone_moves` and `rebalance_above` configure the `SLOAlgorithm`
+    (``controller.slo_algorithm``).
     """
 
     def __init__(self, slo_constraints: SLOConstraints, metrics_collector: MetricsSource,
@@ -69,13 +93,22 @@ class SLOAwareResourceController:
                  clock: Clock | None = None, decision_log_size: int = 100, settle_on_window: bool = True,
                  candidate_bounds: CandidateBounds | None = None, queue_min_waiting: int | None = 8,
                  min_improvement: float = 0.05, predictor_options: dict[str, Any] | None = None,
-                 monotone_moves: bool = True, escalate: bool = True) -> None:
+                 monotone_moves: bool = True, escalate: bool = True, persistent_miss_cycles: int | None = 3,
+                 rebalance_above: float | None = 0.8, reversal_memory_seconds: float | None = 60.0,
+                 shift_ratio: float | None = 2.0) -> None:
         if not (isinstance(monitoring_interval, (int, float)) and monitoring_interval > 0):
             raise ValueError(f"monitoring_interval must be > 0, got {monitoring_interval!r}")
         if not (isinstance(cooldown_seconds, (int, float)) and cooldown_seconds >= 0):
             raise ValueError(f"cooldown_seconds must be >= 0, got {cooldown_seconds!r}")
+        if reversal_memory_seconds is not None and not (isinstance(reversal_memory_seconds, (int, float))
+                                                        and reversal_memory_seconds >= 0):
+            raise ValueError(f"reversal_memory_seconds must be None or >= 0, got {reversal_memory_seconds!r}")
         if isinstance(decision_log_size, bool) or not isinstance(decision_log_size, int) or decision_log_size < 1:
             raise ValueError(f"decision_log_size must be an integer >= 1, got {decision_log_size!r}")
+        if persistent_miss_cycles is not None and (isinstance(persistent_miss_cycles, bool)
+                                                   or not isinstance(persistent_miss_cycles, int)
+                                                   or persistent_miss_cycles < 1):
+            raise ValueError(f"persistent_miss_cycles must be None or an integer >= 1, got {persistent_miss_cycles!r}")
         self.slo_constraints = slo_constraints
         self.metrics_collector = metrics_collector
         self.process_rotation_manager = process_rotation_manager
@@ -83,15 +116,23 @@ class SLOAwareResourceController:
         self.cooldown_seconds = float(cooldown_seconds)
         self.settle_on_window = settle_on_window
         self.escalate = escalate
+        self.persistent_miss_cycles = persistent_miss_cycles
+        self.reversal_memory_seconds = None if reversal_memory_seconds is None else float(reversal_memory_seconds)
         self.clock: Clock = clock or RealClock()
         self.slo_algorithm = SLOAlgorithm(slo_constraints, predictor, candidate_bounds, min_samples,
-                                          queue_min_waiting, min_improvement, predictor_options, monotone_moves)
+                                          queue_min_waiting, min_improvement, predictor_options, monotone_moves,
+                                          rebalance_above)
+        self._reader = WindowReader(metrics_collector, 2.0 * self.monitoring_interval, shift_ratio, min_samples)
         self._decisions: deque[Decision] = deque(maxlen=decision_log_size)
         self._stats = dict.fromkeys(("total_decisions", "total_adjustments", "successful_adjustments",
                                      "failed_adjustments", "errors", "status_errors", "metrics_errors",
                                      "algorithm_errors", "reallocation_errors"), 0)
         self._last_adjustment_time: float | None = None
         self._last_adjustment_violations: dict[str, float] = {}
+        self._miss_streak = 0
+        # (prefill share, time) of the latest split that violated TTFT alone / TPOT alone.
+        self._ttft_violated_at: tuple[float, float] | None = None
+        self._tpot_violated_at: tuple[float, float] | None = None
         self._current_allocation: SMAllocation | None = None
         self._step_lock = threading.Lock()  # one cycle at a time
         self._state_lock = threading.Lock()  # stats and log, held briefly
@@ -159,41 +200,105 @@ class SLOAwareResourceController:
             current = status["current_sm_allocation"]
             allocation = SMAllocation(current["prefill_percentage"], current["decode_percentage"])
             grid = SMGrid(**status["sm_grid"]) if status.get("sm_grid") else None
+            pending = bool(status.get("switch_pending_for"))
         except Exception as exc:
             return self._fault(now, "status", "reading the resource manager's status", exc)
         self._current_allocation = allocation
+        if pending and self._last_adjustment_time is not None:
+            self._reader.mark_switch(now)  # the split is not in force yet: its samples start later
         try:
-            metrics = self.metrics_collector.get_current_window_metrics()
+            metrics = self._reader.read(now)
         except Exception as exc:
             return self._fault(now, "metrics", "reading the metrics window", exc, allocation)
 
         algorithm = self.slo_algorithm
         try:
             observation = algorithm.observe(metrics, allocation)
-            violations = algorithm.detect_slo_violations(observation)
-            hold_reason, settled = self._settling(now, metrics, violations)
+            ratios = algorithm.slo_ratios(observation)
+            violations = algorithm.violated(ratios)
+            hold_reason, settled = self._settling(now, metrics, violations, pending)
             if hold_reason is not None:
                 return Decision(now, "hold", hold_reason, allocation, observation.summary(), violations)
-            evaluation = algorithm.decide(observation, grid, learn=settled, violations=violations)
+            pressing, why, gain = self._pressing(ratios, violations)
+            evaluation = algorithm.decide(observation, grid, learn=settled, violations=pressing,
+                                          require_feasible=bool(why), min_gain=gain,
+                                          prefill_range=self._prefill_range(now, allocation, ratios, violations))
         except Exception as exc:
             return self._fault(now, "algorithm", "evaluating the window", exc, allocation)
 
         record = dict(allocation=allocation, observed=observation.summary(), violations=violations,
                       current=evaluation.current, candidates=evaluation.candidates)
         choice = evaluation.choice
+        reason = f"{why}; {evaluation.reason}" if why else evaluation.reason
         if choice is None:
-            return Decision(now, "keep", evaluation.reason, **record)
-        reason = evaluation.reason if settled else f"escalating, the last move is not helping yet; {evaluation.reason}"
-        return self._reallocate(now, choice, reason, violations, record)
+            return Decision(now, "keep", reason, **record)
+        if not settled:
+            reason = f"escalating, the last move is not helping yet; {reason}"
+        return self._reallocate(now, choice, reason, pressing, record)
 
-    def _settling(self, now: float, metrics: AggregatedMetrics,
-                  violations: dict[str, float]) -> tuple[str | None, bool]:
+    def _pressing(self, ratios: dict[str, float],
+                  violations: dict[str, float]) -> tuple[dict[str, float], str, float]:
+        """What to act on: (SLOs and ratios, why when not a violation, gain a move must promise)."""
+        if violations:
+            self._miss_streak = 0
+            return violations, "", 0.0
+        misses = {slo: ratio for slo, ratio in ratios.items() if ratio > 1.0}
+        self._miss_streak = self._miss_streak + 1 if misses else 0
+        if misses and self.persistent_miss_cycles is not None and self._miss_streak >= self.persistent_miss_cycles:
+            return misses, (f"a miss within the violation threshold for {self._miss_streak} cycles ("
+                            + ", ".join(f"{slo} {ratio:.3g}x" for slo, ratio in misses.items()) + ")"), 0.0
+        algorithm = self.slo_algorithm
+        pressing = algorithm.pressing(ratios)
+        if not pressing:
+            return {}, "", 0.0
+        (slo, ratio), = pressing.items()
+        return pressing, f"anticipating: {slo} at {ratio:.3g}x its target", algorithm.rebalance_gain
+
+    def _prefill_range(self, now: float, allocation: SMAllocation, ratios: dict[str, float],
+                       violations: dict[str, float]) -> tuple[float, float]:
+        """Prefill shares a move may go to: strictly above the latest split that violated TTFT alone
+        and below the latest that violated TPOT alone, as long as that is recent and not contradicted
+        (see the module docstring)."""
+        memory = self.reversal_memory_seconds
+        if memory is None:
+            return 0.0, 100.0
+        x = allocation.prefill_percentage
+        low, high = self._ttft_violated_at, self._tpot_violated_at
+        if low is not None and (now - low[1] > memory or (ratios["ttft"] <= 1.0 and x <= low[0])):
+            low = None  # old, or TTFT is met with no more prefill than then: the load changed
+        if high is not None and (now - high[1] > memory or (ratios["tpot"] <= 1.0 and x >= high[0])):
+            high = None
+        if violations.keys() == {"ttft"}:
+            low = (x, now)
+        elif violations.keys() == {"tpot"}:
+            high = (x, now)
+        if low is not None and high is not None and low[0] >= high[0]:  # contradicted: keep the newer
+            low, high = (low, None) if low[1] >= high[1] else (None, high)
+        self._ttft_violated_at, self._tpot_violated_at = low, high
+        return (0.0 if low is None else low[0], 100.0 if high is None else high[0])
+
+    def _settling(self, now: float, metrics: AggregatedMetrics, violations: dict[str, float],
+                  pending: bool) -> tuple[str | None, bool]:
         """(why to hold or None, whether the window holds only samples of the current split)."""
+        if self._last_adjustment_time is not None:
+            elapsed = now - self._last_adjustment_time
+            if elapsed < self.cooldown_seconds:
+                return f"cooldown: {elapsed:.3g}s since the last adjustment (< {self.cooldown_seconds:.3g}s)", False
+            if pending:
+                return "the last adjustment is still being applied", False
+        reader = self._reader
+        if reader.supports_since:
+            if reader.fresh_from is None:
+                return None, True
+            needed = self.slo_algorithm.min_samples
+            counts = (metrics.num_ttft_samples, max(metrics.num_tpot_samples, metrics.num_streaming_tpot_samples))
+            if min(counts) >= needed:
+                return None, True
+            since = "the load shift" if reader.fresh_from == reader.shift_at else "the last adjustment"
+            return (f"settling: {counts[0]} TTFT and {counts[1]} TPOT samples since {since} "
+                    f"({now - reader.fresh_from:.3g}s ago; {needed} needed)"), False
         if self._last_adjustment_time is None:
             return None, True
-        elapsed = now - self._last_adjustment_time
-        if elapsed < self.cooldown_seconds:
-            return f"cooldown: {elapsed:.3g}s since the last adjustment (< {self.cooldown_seconds:.3g}s)", False
         window = metrics.window_end_time - metrics.window_start_time
         if not self.settle_on_window or elapsed >= window:
             return None, True
@@ -219,13 +324,16 @@ class SLOAwareResourceController:
                 self._stats["errors"] += 1
                 self._stats["reallocation_errors"] += 1
         if success:
-            logger.info("SLO controller: %s -> %s (%s)", record["allocation"], choice, reason)
+            logger.info("SLO controller: %s -> %s (%s)", format_split(record["allocation"]), format_split(choice),
+                        reason)
             self._last_adjustment_time = now
+            self._reader.mark_switch(now)
             self._last_adjustment_violations = dict(violations)
             self._current_allocation = choice
+            self._miss_streak = 0
         else:
-            logger.warning("SLO controller: reallocation %s -> %s refused%s", record["allocation"], choice,
-                           "" if error is None else f" ({error})")
+            logger.warning("SLO controller: reallocation %s -> %s refused%s", format_split(record["allocation"]),
+                           format_split(choice), "" if error is None else f" ({error})")
             reason = f"{reason}; the resource manager {'raised' if error else 'refused'}"
         return Decision(now, "adjust", reason, choice=choice, success=success, error=error, **record)
 

@@ -8,6 +8,12 @@ from typing import Any
 from semipd.allocation import SMAllocation
 from semipd.slo.candidates import ResourceAllocationCandidate
 
+
+def format_split(allocation: SMAllocation) -> str:
+    """``72.7/27.3``: the shares rounded to a tenth of a percent (the grid's splits are not round)."""
+    return f"{allocation.prefill_percentage:.1f}/{allocation.decode_percentage:.1f}"
+
+
 ACTIONS = ("keep", "adjust", "hold", "error")
 """keep: evaluated, no move. adjust: a reallocation was requested (see `success`).
 hold: not evaluated (cooldown, or the window still holds samples of the previous split).
@@ -43,10 +49,11 @@ class Decision:
 
     @property
     def label(self) -> str:
-        """Short form for timelines: ``keep``, ``hold``, ``error``, ``70/30 -> 60/40`` (``... failed``)."""
+        """Short form for timelines: ``keep``, ``hold``, ``error``, ``72.7/27.3 -> 60.6/39.4`` (``... failed``)."""
         if self.action != "adjust" or self.choice is None:
             return self.action
-        return f"{self.allocation} -> {self.choice}" + ("" if self.success else " failed")
+        before = "?" if self.allocation is None else format_split(self.allocation)
+        return f"{before} -> {format_split(self.choice)}" + ("" if self.success else " failed")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""

@@ -10,6 +10,14 @@ estimate is a mean, below a high percentile in steady state, so it only dominate
 the queue is building. One instant's queue is a noisy sample at low load (one request
 waiting at 0.1 req/s reads as 10 s), so the estimate is used only when at least
 ``queue_min_waiting`` requests wait.
+
+TPOT is known only when a request completes, so the window's TPOT percentile describes the
+splits (and the load) of whole request lives that ended up to a window ago: after a load change
+or an SM move it lags by a request length plus the window. When the window has streaming TPOT
+(per request, the mean gap between its tokens streamed in the window, finished or not; see
+`semipd.metrics.window`) from at least ``min_samples`` requests, the effective TPOT is its
+percentile; otherwise the completed requests' percentile. In steady state the two agree (both
+are per-request means); after a change the streaming one moves within a decode step.
 """
 
 from __future__ import annotations
@@ -32,11 +40,17 @@ class Observation:
     ttft_ms: float
     """Effective TTFT: max of the percentile and the queue estimate; 0.0 when neither is known."""
     tpot_ms: float
-    """TPOT at the configured percentile; 0.0 with fewer than ``min_samples`` samples."""
+    """Effective TPOT: the streaming TPOT percentile, else the completed requests' one; 0.0 when
+    neither has ``min_samples`` samples."""
     ttft_percentile_ms: float
     """TTFT at the configured percentile; 0.0 with fewer than ``min_samples`` samples."""
     queue_ttft_ms: float
     """Little's-law estimate of the mean TTFT from the prefill queue; 0.0 when off or unknown."""
+    tpot_percentile_ms: float
+    """TPOT of the requests completed in the window at the configured percentile; 0.0 with fewer
+    than ``min_samples`` samples."""
+    streaming_tpot_ms: float
+    """Streaming TPOT at the configured percentile; 0.0 with fewer than ``min_samples`` samples."""
     ttft_target_ms: float
     tpot_target_ms: float
     request_throughput: float
@@ -46,6 +60,7 @@ class Observation:
     num_waiting_prefill: int
     num_ttft_samples: int
     num_tpot_samples: int
+    """Samples behind `tpot_ms`: streaming ones when it is the streaming percentile, else completed ones."""
     metrics: AggregatedMetrics = field(repr=False, compare=False)
     """The window itself (profile-based predictors read it)."""
 
@@ -58,6 +73,8 @@ class Observation:
         """
         ttft_pct = metrics.ttft_percentile(slo.ttft_percentile) if metrics.num_ttft_samples >= min_samples else 0.0
         tpot_pct = metrics.tpot_percentile(slo.tpot_percentile) if metrics.num_tpot_samples >= min_samples else 0.0
+        num_streaming = metrics.num_streaming_tpot_samples
+        streaming = metrics.streaming_tpot_percentile(slo.tpot_percentile) if num_streaming >= min_samples else 0.0
         queue_ttft = 0.0
         if (queue_min_waiting is not None and metrics.num_waiting_prefill >= queue_min_waiting
                 and metrics.request_arrival_rate > 0):
@@ -66,16 +83,18 @@ class Observation:
             allocation=allocation,
             time=metrics.window_end_time,
             ttft_ms=max(ttft_pct, queue_ttft),
-            tpot_ms=tpot_pct,
+            tpot_ms=streaming if streaming > 0 else tpot_pct,
             ttft_percentile_ms=ttft_pct,
             queue_ttft_ms=queue_ttft,
+            tpot_percentile_ms=tpot_pct,
+            streaming_tpot_ms=streaming,
             ttft_target_ms=slo.ttft_target_ms,
             tpot_target_ms=slo.tpot_target_ms,
             request_throughput=metrics.request_throughput,
             arrival_rate=metrics.request_arrival_rate,
             num_waiting_prefill=metrics.num_waiting_prefill,
             num_ttft_samples=metrics.num_ttft_samples,
-            num_tpot_samples=metrics.num_tpot_samples,
+            num_tpot_samples=num_streaming if streaming > 0 else metrics.num_tpot_samples,
             metrics=metrics,
         )
 
@@ -96,6 +115,8 @@ class Observation:
             "ttft_percentile_ms": self.ttft_percentile_ms,
             "queue_ttft_ms": self.queue_ttft_ms,
             "tpot_ms": self.tpot_ms,
+            "tpot_percentile_ms": self.tpot_percentile_ms,
+            "streaming_tpot_ms": self.streaming_tpot_ms,
             "request_throughput": self.request_throughput,
             "arrival_rate": self.arrival_rate,
             "num_waiting_prefill": self.num_waiting_prefill,
