@@ -175,11 +175,11 @@ def micro(args: argparse.Namespace, trace: list[WorkloadRequest], out: dict[str,
     """Fill `out` with the isolation, GIL and switch-latency measurements, calling `save()` after each."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     splits = tuple(int(p) for p in args.splits.split(","))
-    engine = SemiPDEngine(
-        EngineConfig(model=args.model, load_format="dummy", dtype="bfloat16", device="cuda", max_num_seqs=64,
-                     max_num_batched_tokens=2048, max_model_len=4096, gpu_memory_utilization=0.85),
-        SemiPDConfig(controller="static", initial_prefill_sm_percent=100 * splits[0] / sms,
-                     reachable_prefill_sms=splits))
+    engine = SemiPDEngine(EngineConfig(
+        model=args.model, load_format="dummy", dtype="bfloat16", device="cuda", max_num_seqs=64,
+        max_num_batched_tokens=2048, max_model_len=4096, gpu_memory_utilization=0.85, mode="semi-pd",
+        semipd=SemiPDConfig(controller="static", initial_prefill_sm_percent=100 * splits[0] / sms,
+                            reachable_prefill_sms=splits)))
     out.update(startup=engine.get_status()["cuda_graphs"],
                CUDA_DEVICE_MAX_CONNECTIONS=os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS"))
     seconds = 0.5 if args.quick else 1.0
@@ -249,14 +249,14 @@ def build(config: str, args: argparse.Namespace) -> Any:
                   max_model_len=8192, num_kv_blocks=args.kv_blocks)
     if config == "unified":
         return Engine(EngineConfig(max_num_batched_tokens=8192, **common))
-    ec = EngineConfig(max_num_batched_tokens=args.semipd_prefill_tokens, **common)
     kind, _, p = config.partition(":")
     if kind not in ("static", "slo", "off"):
         raise ValueError(f"unknown engine config {config!r}")
     sp = SemiPDConfig(controller=kind, initial_prefill_sm_percent=100 * int(p or 64) / sms,
                       reachable_prefill_sms=(int(p),) if kind == "static" else None,
                       monitoring_interval=2.0, cooldown_seconds=4.0)
-    return SemiPDEngine(ec, sp)
+    return SemiPDEngine(EngineConfig(max_num_batched_tokens=args.semipd_prefill_tokens, mode="semi-pd", semipd=sp,
+                                     **common))
 
 
 def mixed(args: argparse.Namespace, trace: list[WorkloadRequest], out: dict[str, Any],

@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ref = section(results, "unified_run", unified)
     section(results, "unified_row", lambda: unified_row(llm, reps))
     t0 = time.perf_counter()
-    engine = section(results, "semipd_startup", lambda: SemiPDEngine(
-        EngineConfig(gpu_memory_utilization=0.85, **common),
-        SemiPDConfig(controller="static", min_prefill_percent=1, max_prefill_percent=99)))
+    engine = section(results, "semipd_startup", lambda: SemiPDEngine(EngineConfig(
+        gpu_memory_utilization=0.85, mode="semi-pd",
+        semipd=SemiPDConfig(controller="static", min_prefill_percent=1, max_prefill_percent=99), **common)))
     results["semipd_startup_seconds"] = time.perf_counter() - t0
     if engine is None:
         return finish(results, args.json)

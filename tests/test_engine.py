@@ -157,8 +157,10 @@ def test_invalid_requests(tiny: LLM) -> None:
 
 
 def test_modes_and_config_validation() -> None:
-    with pytest.raises(ValueError, match=r"mode 'semi-pd' is not available.*\['unified'\]"):
-        EngineConfig(model="tiny-llama", mode="semi-pd")
+    with pytest.raises(ValueError, match=r"mode 'pd' is not available.*\['unified', 'semi-pd'\]"):
+        EngineConfig(model="tiny-llama", mode="pd")
+    with pytest.raises(ValueError, match="create_engine"):
+        Engine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu", mode="semi-pd"))
     with pytest.raises(ValueError, match="block_size"):
         EngineConfig(model="tiny-llama", block_size=0)
     with pytest.raises(ValueError, match="gpu_memory_utilization"):

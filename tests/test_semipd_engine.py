@@ -25,7 +25,8 @@ def make_engine(controller: str = "static", **overrides) -> SemiPDEngine:
     kwargs = dict(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=256,
                   max_num_batched_tokens=48, max_num_seqs=8)
     kwargs.update(overrides)
-    return SemiPDEngine(EngineConfig(**kwargs), SemiPDConfig(controller=controller, monitoring_interval=0.05))
+    semipd = SemiPDConfig(controller=controller, monitoring_interval=0.05)
+    return SemiPDEngine(EngineConfig(mode="semi-pd", semipd=semipd, **kwargs))
 
 
 @pytest.fixture
@@ -279,8 +280,12 @@ def test_config_validation() -> None:
     with pytest.raises(ValueError, match="gil_switch_interval_s"):
         SemiPDConfig(gil_switch_interval_s=0)
     with pytest.raises(ValueError, match="reachable_prefill_sms"):
-        SemiPDEngine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=16),
-                     SemiPDConfig(reachable_prefill_sms=(25,)))
+        SemiPDEngine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=16,
+                                  mode="semi-pd", semipd=SemiPDConfig(reachable_prefill_sms=(25,))))
+    with pytest.raises(ValueError, match="semipd options need mode 'semi-pd'"):
+        EngineConfig(model="tiny-llama", semipd=SemiPDConfig())
+    with pytest.raises(ValueError, match="runs mode 'semi-pd'"):
+        SemiPDEngine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu"))
 
 
 def test_reachable_splits() -> None:
@@ -357,3 +362,31 @@ def test_async_engine_drives_the_semipd_engine(engine: SemiPDEngine, monkeypatch
         assert status["engine_thread_alive"] and status["num_step_errors"] == 1 and status["mode"] == "semi-pd"
     finally:
         a.stop()
+
+
+def test_llm_cli_and_server_client_reach_semipd(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from semipd.allocation import SMAllocation
+    from semipd.cli import main
+    from semipd.engine import AsyncEngine, Engine, create_engine
+    from semipd.server.engine_client import EngineClient, NoPartitionsError
+
+    ps = prompts(3, seed=120)
+    llm = LLM("tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=256, mode="semi-pd",
+              semipd=SemiPDConfig(controller="static", initial_prefill_sm_percent=70))
+    try:
+        assert isinstance(llm.engine, SemiPDEngine)
+        assert [o.token_ids for o in llm.generate(ps, GREEDY)] == reference(ps)
+        client = EngineClient(AsyncEngine(llm.engine))
+        client.set_sm_allocation(SMAllocation(40, 60))
+        assert llm.engine.get_status()["allocation"]["prefill_sms"] == 40
+    finally:
+        llm.engine.stop()
+    unified = create_engine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=16))
+    assert type(unified) is Engine
+    with pytest.raises(NoPartitionsError):
+        EngineClient(AsyncEngine(unified)).set_sm_allocation(SMAllocation(40, 60))
+    rc = main(["generate", "--model", "tiny-llama", "--load-format", "dummy", "--device", "cpu", "--mode", "semi-pd",
+               "--controller", "static", "--prompt", "Hi", "--max-tokens", "4", "--ignore-eos", "--json"])
+    assert rc == 0 and len(json.loads(capsys.readouterr().out)["token_ids"]) == 4

@@ -34,7 +34,7 @@ def test_make_requests_is_seeded_poisson_over_trace_lengths() -> None:
 @pytest.mark.parametrize("kind", ["unified", "semi-pd"])
 def test_drive_runs_every_request_to_completion(kind: str) -> None:
     engine = Engine(EngineConfig(**CONFIG)) if kind == "unified" else SemiPDEngine(
-        EngineConfig(**CONFIG), SemiPDConfig(controller="static"))
+        EngineConfig(**CONFIG, mode="semi-pd", semipd=SemiPDConfig(controller="static")))
     try:
         reqs = bench.make_requests(TRACE, 30.0, 0.5, 512, seed=1)
         records, wall = bench.drive(engine, reqs, drain_s=20.0)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from semipd.allocation import SMAllocation
 from semipd.engine.engine import Engine, StepError
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
 
@@ -59,6 +60,8 @@ class AsyncEngine:
         self._engine_lock = threading.Lock()
         self.num_step_errors = 0
         self.last_error: str | None = None
+        if hasattr(engine, "set_allocation"):  # engines with SM partitions offer manual allocation
+            self.set_sm_allocation = self._set_sm_allocation
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,6 +136,12 @@ class AsyncEngine:
         with self._cond:
             self._aborts.append(rid)
             self._cond.notify()
+
+    def _set_sm_allocation(self, allocation: SMAllocation) -> None:
+        """``set_sm_allocation``, present when the engine has SM partitions (mode semi-pd): apply
+        `allocation` by hand (the engine's controller becomes static). Thread-safe; ValueError
+        when the engine cannot realise it."""
+        self.engine.set_allocation(allocation.prefill_percentage, allocation.decode_percentage)
 
     def get_status(self) -> dict[str, Any]:
         """`Engine.get_status()` plus the engine thread's health and queue."""

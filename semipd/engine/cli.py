@@ -10,6 +10,7 @@ import json
 import time
 
 from semipd.engine.engine_config import DEVICES, MODES
+from semipd.engine.semipd_config import add_semipd_arguments, semipd_config_from_args
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--attention-backend", default=None, choices=["triton", "torch"])
     g.add_argument("--tokenizer", default=None, help="directory with tokenizer.json (default: the model's)")
     g.add_argument("--seed", type=int, default=0)
+    add_semipd_arguments(parser)
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
@@ -37,7 +39,9 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     names = ("model", "load_format", "dtype", "device", "mode", "gpu_memory_utilization", "block_size",
              "num_kv_blocks", "max_num_batched_tokens", "max_num_seqs", "max_model_len", "enforce_eager",
              "attention_backend", "tokenizer", "seed")
-    return {n: getattr(args, n) for n in names}
+    kwargs = {n: getattr(args, n) for n in names}
+    kwargs["semipd"] = semipd_config_from_args(args) if args.mode == "semi-pd" else None
+    return kwargs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

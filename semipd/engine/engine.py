@@ -67,6 +67,8 @@ class Engine:
     """Loads the model, sizes the KV cache, and runs scheduler iterations on it."""
 
     def __init__(self, config: EngineConfig, clock: Clock | None = None) -> None:
+        if config.mode != "unified":
+            raise ValueError(f"Engine runs mode 'unified'; build mode {config.mode!r} with create_engine(config)")
         self.config = config
         self.device = resolve_device(config.device)
         model_config, _ = resolve_model_config(config.model)
@@ -249,3 +251,13 @@ class Engine:
             "cuda_graphs": None if gr is None else {
                 "captured": bool(gr.keys), "buckets": gr.buckets, "capture_seconds": round(gr.capture_seconds, 3)},
         }
+
+
+def create_engine(config: EngineConfig, clock: Clock | None = None) -> Any:
+    """The engine for ``config.mode``: an `Engine` (unified) or a `SemiPDEngine` (semi-pd), which
+    share the public surface `AsyncEngine`, `LLM` and the server use."""
+    if config.mode == "semi-pd":
+        from semipd.engine.semipd_engine import SemiPDEngine
+
+        return SemiPDEngine(config, clock)
+    return Engine(config, clock)

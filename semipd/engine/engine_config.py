@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODES = ("unified",)
-"""Execution modes this engine runs. ``"semi-pd"`` (prefill and decode on SM partitions) is
-not one of them yet."""
+from semipd.engine.semipd_config import SemiPDConfig
+
+MODES = ("unified", "semi-pd")
+"""Execution modes: ``"unified"`` (mixed chunked-prefill batches on the whole device) and
+``"semi-pd"`` (prefill and decode workers on SM partitions; see `semipd.engine.semipd_engine`)."""
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -53,6 +55,8 @@ class EngineConfig:
     """Seeds dummy weights and the sampling seeds of requests that bring none."""
     metrics_window_seconds: float = 30.0
     """Sliding window of the metrics collector."""
+    semipd: SemiPDConfig | None = None
+    """Options of ``mode="semi-pd"`` (controller, SLOs, reachable splits, ...); None: the defaults."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -76,3 +80,8 @@ class EngineConfig:
             raise ValueError(f"metrics_window_seconds must be > 0, got {self.metrics_window_seconds!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.semipd is not None:
+            if not isinstance(self.semipd, SemiPDConfig):
+                raise ValueError(f"semipd must be None or a SemiPDConfig, got {type(self.semipd).__name__}")
+            if self.mode != "semi-pd":
+                raise ValueError(f"semipd options need mode 'semi-pd', got mode {self.mode!r}")

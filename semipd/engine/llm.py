@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from semipd.engine.engine import Engine
+from semipd.engine.engine import create_engine
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.sampling_params import CompletionOutput, RequestOutput, SamplingParams
 
@@ -18,14 +18,14 @@ class LLM:
     """Offline batch generation on the real engine.
 
     Extra keyword arguments are `EngineConfig` fields (``max_num_seqs``, ``max_model_len``,
-    ``num_kv_blocks``, ``enforce_eager``, ...).
+    ``num_kv_blocks``, ``enforce_eager``, ``semipd=SemiPDConfig(...)`` with ``mode="semi-pd"``, ...).
     """
 
     def __init__(self, model: str | os.PathLike, load_format: str = "auto", dtype: str = "auto", device: str = "auto",
                  mode: str = "unified", **engine_kwargs: Any) -> None:
         config = EngineConfig(model=os.fspath(model), load_format=load_format, dtype=dtype, device=device, mode=mode,
                               **engine_kwargs)
-        self.engine = Engine(config)
+        self.engine = create_engine(config)
         self.tokenizer = self.engine.tokenizer
         self._counter = 0
 

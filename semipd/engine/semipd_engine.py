@@ -61,9 +61,11 @@ class SemiPDEngine:
     """Loads the model, sizes the KV cache, pre-creates the partitions, captures the decode
     graphs, and runs the two workers and the controller (see the module docstring)."""
 
-    def __init__(self, config: EngineConfig, semipd: SemiPDConfig | None = None, clock: Clock | None = None) -> None:
+    def __init__(self, config: EngineConfig, clock: Clock | None = None) -> None:
+        if config.mode != "semi-pd":
+            raise ValueError(f"SemiPDEngine runs mode 'semi-pd', got mode {config.mode!r}")
         self.config = config
-        self.semipd = semipd or SemiPDConfig()
+        self.semipd = config.semipd or SemiPDConfig()
         device = resolve_device(config.device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())  # worker threads need the index
@@ -114,8 +116,6 @@ class SemiPDEngine:
                             self._record_system_metrics)
         self.decode_worker = DecodeWorker(ctx, self.decode_scheduler, ModelRunner(self.model, self.kv_cache, graphs),
                                           self._on_blocks_freed)
-        if self.graph_capture is not None:
-            self.decode_worker.graph_keys = frozenset(p.prefill_sms for p in self.partitions.partitions().values())
         self.prefill_worker = PrefillWorker(ctx, self.prefill_scheduler, ModelRunner(self.model, self.kv_cache),
                                             self.decode_worker.hand_off)
         self.controller_mode = self.semipd.controller

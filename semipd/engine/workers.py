@@ -246,8 +246,6 @@ class DecodeWorker(Worker):
         self.runner = runner
         self.on_blocks_freed = on_blocks_freed
         """Called when finished or aborted requests returned KV blocks (prefill may be waiting for them)."""
-        self.graph_keys: frozenset[int] = frozenset()
-        """Partitions (prefill SM counts) whose decode graphs were captured."""
         self.num_graph_steps = 0
         self.num_eager_steps = 0
         self._inbox: deque[tuple[Request, Any]] = deque()
@@ -303,22 +301,12 @@ class DecodeWorker(Worker):
         ctx.record_system_metrics()
         return True
 
-    @torch.inference_mode()
     def run_step(self, batch: Batch, graph_key: int) -> list[int]:
-        """One decode step: the graph set of the current partition (keyed by its prefill SM
-        count) when it covers the batch, else eager. Returns the sampled token ids."""
-        runner = self.runner
-        prepared = runner.prepare(batch)
-        graphs = runner.graph_runner
-        if graphs is not None and graphs.can_run(len(prepared.sampled)):
-            hidden = graphs.run(prepared.input_ids, prepared.positions, prepared.meta, key=graph_key)
-            graphed = graph_key in self.graph_keys
-        else:
-            graphed = False
-            hidden = runner.model(prepared.input_ids, prepared.positions, runner.kv_cache.layers, prepared.meta)
-        if graphed:
+        """One decode step through the runner: a replay of the graph set of the current partition
+        (keyed by its prefill SM count) when it covers the batch, else eager. The sampled token ids."""
+        tokens = self.runner.run(batch, graph_key)
+        if self.runner.last_run_graphed:
             self.num_graph_steps += 1
         else:
             self.num_eager_steps += 1
-        logits = runner.model.compute_logits(hidden[prepared.sample_rows])
-        return runner.sampler(logits, runner.sampling_tensors(prepared.sampled)).tolist()
+        return tokens
