@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--copy-mib", type=int, default=1024)
     p.add_argument("--gemm-size", type=int, default=8192)
     p.add_argument("--quick", action="store_true", help="fewer iterations and sequences")
+    p.add_argument("--profile", action="store_true", help="kernel times of the decode steps (torch.profiler, CUDA)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = p.parse_args(argv)
@@ -164,13 +165,57 @@ def _release(engine: Engine, reqs: list[Request]) -> None:
         engine.allocator.free(r)
 
 
-def decode_step(engine: Engine, batch_size: int, context: int, iters: int) -> dict[str, float]:
+def decode_step(engine: Engine, batch_size: int, context: int, iters: int, profile: bool) -> dict[str, Any]:
+    """Mean `ModelRunner.run` time of a decode batch, the host-only part of it (input arrays), and
+    with `profile` where the device time goes (`kernel_profile`)."""
     reqs = _requests(engine, [context] * batch_size, decode=True)
+    batch = Batch(decodes=reqs)
     try:
-        seconds = timed(lambda: engine.runner.run(Batch(decodes=reqs)), engine.device, iters)
+        out: dict[str, Any] = {"step_ms": timed(lambda: engine.runner.run(batch), engine.device, iters) * 1e3}
+        out["host_inputs_ms"] = timed(lambda: engine.runner.host_batch(batch), torch.device("cpu"), iters) * 1e3
+        out["graphed"] = engine.runner.last_run_graphed
+        if profile and engine.device.type == "cuda":
+            out["profile"] = kernel_profile(lambda: engine.runner.run(batch), steps=5)
+            saved, engine.runner.graph_runner = engine.runner.graph_runner, None
+            try:
+                out["profile_eager"] = kernel_profile(lambda: engine.runner.run(batch), steps=5)
+            finally:
+                engine.runner.graph_runner = saved
     finally:
         _release(engine, reqs)
-    return {"step_ms": seconds * 1e3}
+    return out
+
+
+_KERNEL_GROUPS = (("attention", ("_decode_stage", "_prefill_kernel")), ("rms_norm", ("_rms_norm",)),
+                  ("rope", ("_rope",)), ("kv_store", ("_store_kvcache",)), ("silu_mul", ("_silu_and_mul",)),
+                  ("sampling", ("_sample_stage", "argmax", "reduce")),
+                  ("linear", ("gemm", "gemv", "cutlass", "xmma", "nvjet", "splitk", "_gemv")))
+
+
+def kernel_profile(fn: Callable[[], Any], steps: int) -> dict[str, Any]:
+    """Kernel time per step under torch.profiler: total, by group, the top kernels, and the step's wall time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / steps
+    kernels = [(e.key, e.count / steps, e.self_device_time_total / steps) for e in prof.key_averages()
+               if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+    kernels.sort(key=lambda k: -k[2])
+    groups: dict[str, float] = {}
+    for name, _, us in kernels:
+        group = next((g for g, keys in _KERNEL_GROUPS if any(k in name for k in keys)), "other")
+        groups[group] = groups.get(group, 0.0) + us / 1e3
+    total = sum(us for _, _, us in kernels) / 1e3
+    return {"wall_ms": wall * 1e3, "kernel_ms": total, "kernels_per_step": sum(c for _, c, _ in kernels),
+            "idle_ms": wall * 1e3 - total, "groups_ms": groups,
+            "top": [{"kernel": name[:90], "calls": calls, "ms": us / 1e3} for name, calls, us in kernels[:15]]}
 
 
 def prefill_step(engine: Engine, seq_lens: list[int], iters: int) -> dict[str, float]:
@@ -183,7 +228,37 @@ def prefill_step(engine: Engine, seq_lens: list[int], iters: int) -> dict[str, f
     return {"step_ms": seconds * 1e3}
 
 
-def offline_throughput(engine: Engine, num_seqs: int, len_range: tuple[int, int], seed: int) -> dict[str, float]:
+class _Timers:
+    """Wall time spent in chosen methods of live objects (wrapped in place, restored by `restore`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, obj: Any, method: str, label: str) -> None:
+        original = getattr(obj, method)
+        self.seconds[label] = 0.0
+
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - start
+
+        self._saved.append((obj, method, original))
+        setattr(obj, method, timed_call)
+
+    def restore(self) -> None:
+        for obj, method, _ in reversed(self._saved):
+            delattr(obj, method)  # the instance attribute; the class method shows again
+        self._saved.clear()
+
+
+def offline_throughput(engine: Engine, num_seqs: int, len_range: tuple[int, int], seed: int) -> dict[str, Any]:
+    """Output tokens/s of `num_seqs` requests added at once, with where the engine thread's time went:
+    scheduling, input building (host), `ModelRunner.run` beyond input building (launches and the wait
+    for the device), scheduler update, and the rest of `Engine.step` (outputs, detokenization, metrics)."""
     rng = random.Random(seed)
     vocab = engine.model_config.vocab_size
     cap = engine.max_model_len // 2
@@ -193,20 +268,65 @@ def offline_throughput(engine: Engine, num_seqs: int, len_range: tuple[int, int]
         total_out += n_out
         engine.add_request(f"offline-{i}", [rng.randrange(vocab) for _ in range(n_in)],
                            SamplingParams(max_tokens=n_out, ignore_eos=True, temperature=0.0))
+    timers = _Timers()
+    timers.wrap(engine.scheduler, "schedule", "schedule")
+    timers.wrap(engine.runner, "host_batch", "inputs")
+    timers.wrap(engine.runner, "run", "run")
+    timers.wrap(engine.scheduler, "update", "update")
     _sync(engine.device)
     start = time.perf_counter()
     steps = 0
-    while engine.has_unfinished():
-        engine.step()
-        steps += 1
-    _sync(engine.device)
+    try:
+        while engine.has_unfinished():
+            engine.step()
+            steps += 1
+        _sync(engine.device)
+    finally:
+        timers.restore()
     seconds = time.perf_counter() - start
+    t = timers.seconds
+    breakdown = {"schedule": t["schedule"], "inputs": t["inputs"], "run_minus_inputs": t["run"] - t["inputs"],
+                 "update": t["update"], "rest_of_step": seconds - t["schedule"] - t["run"] - t["update"]}
     return {"num_seqs": num_seqs, "output_tokens": total_out, "seconds": seconds, "steps": steps,
-            "output_tokens_per_s": total_out / seconds, "preemptions": engine.num_preemptions}
+            "output_tokens_per_s": total_out / seconds, "preemptions": engine.num_preemptions,
+            "host_breakdown_ms_per_step": {k: v / max(steps, 1) * 1e3 for k, v in breakdown.items()}}
+
+
+def _last_logits(engine: Engine, tokens: list[int]) -> torch.Tensor:
+    """Logits after `tokens`, from one eager prefill of them (fp32)."""
+    req = _requests(engine, [len(tokens)], decode=False)[0]
+    req.prompt_token_ids = tokens
+    try:
+        prepared = engine.runner.prepare(Batch(prefills=[PrefillChunk(req, 0, len(tokens), True)]))
+        hidden = engine.model(prepared.input_ids, prepared.positions, engine.kv_cache.layers, prepared.meta)
+        return engine.model.compute_logits(hidden[-1:])[0]
+    finally:
+        _release(engine, [req])
+
+
+def graph_logits_error(engine: Engine, batch_sizes: tuple[int, ...] = (1, 5, 64), context: int = 300) -> float:
+    """Largest |graph - eager| / max |logit| over decode batches of `batch_sizes` on the same KV cache."""
+    graphs = engine.runner.graph_runner
+    worst = 0.0
+    for n in batch_sizes:
+        reqs = _requests(engine, [context + i for i in range(n)], decode=True)
+        try:
+            prepared = engine.runner.prepare(Batch(decodes=reqs))
+            eager = engine.model.compute_logits(engine.model(prepared.input_ids, prepared.positions,
+                                                             engine.kv_cache.layers, prepared.meta))
+            graph = engine.model.compute_logits(graphs.run(prepared.input_ids, prepared.positions,
+                                                           prepared.meta)[:n])
+            worst = max(worst, ((graph - eager).abs().max() / eager.abs().max()).item())
+        finally:
+            _release(engine, reqs)
+    return worst
 
 
 def graphs_equal_eager(engine: Engine, num_prompts: int, max_tokens: int) -> dict[str, Any]:
-    """Greedy tokens of the same prompts with the engine's decode graphs and with them switched off."""
+    """Greedy tokens of the same prompts with the engine's decode graphs and with them switched off, the
+    logits error of graph vs eager decode on one batch, and at each sequence's first differing token
+    the margin between the two choices (|logit difference| / max |logit|, from an eager rescoring):
+    margins at the level of the logits error mean near-ties, not a bug."""
     rng = random.Random(1)
     vocab = engine.model_config.vocab_size
     prompts = [[rng.randrange(vocab) for _ in range(rng.randint(8, 100))] for _ in range(num_prompts)]
@@ -228,11 +348,19 @@ def graphs_equal_eager(engine: Engine, num_prompts: int, max_tokens: int) -> dic
         eager = run("eager")
     finally:
         engine.runner.graph_runner = saved
+    margins = []
+    for p, a, b in zip(prompts, graphs, eager, strict=True):
+        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
+        if first is not None:
+            logits = _last_logits(engine, p + a[:first])
+            margins.append(((logits[a[first]] - logits[b[first]]).abs() / logits.abs().max()).item())
     same = sum(a == b for a, b in zip(graphs, eager, strict=True))
     tokens_same = sum(x == y for a, b in zip(graphs, eager, strict=True) for x, y in zip(a, b, strict=True))
     return {"graphs_captured": bool(saved is not None and saved.keys), "equal": same == len(prompts),
             "sequences_equal": same, "num_sequences": len(prompts),
-            "token_match_fraction": tokens_same / (len(prompts) * max_tokens)}
+            "token_match_fraction": tokens_same / (len(prompts) * max_tokens),
+            "logits_rel_error": graph_logits_error(engine) if saved is not None else 0.0,
+            "first_divergence_margins": margins}
 
 
 # -- driver -----------------------------------------------------------------------------------
@@ -280,8 +408,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         results["engine_status"] = engine.get_status()
         context_1, context_64 = min(512, max_model_len - 1), min(1024, max_model_len - 1)
         prefill_lens = [min(args.prefill_len, max_model_len - 1)] * 4
-        _measure(results, errors, "decode_b1", lambda: decode_step(engine, 1, context_1, iters * 5))
-        _measure(results, errors, "decode_b64", lambda: decode_step(engine, 64, context_64, iters * 2))
+        _measure(results, errors, "decode_b1", lambda: decode_step(engine, 1, context_1, iters * 5, args.profile))
+        _measure(results, errors, "decode_b64", lambda: decode_step(engine, 64, context_64, iters * 2, args.profile))
         _measure(results, errors, "prefill_4x2048", lambda: prefill_step(engine, prefill_lens, max(2, iters // 2)))
         _measure(results, errors, "offline",
                  lambda: offline_throughput(engine, args.num_seqs, args.len_range, args.seed))
@@ -321,14 +449,24 @@ def print_table(report: dict[str, Any]) -> None:
             m = r[name]
             floor = f"floor {m['floor_ms']:8.3f} ms  x{m['x_floor']:.2f}" if "floor_ms" in m else ""
             print(f"  {name:<18} {m['step_ms']:8.3f} ms   {floor}")
+            for tag in ("profile", "profile_eager"):
+                if tag in m:
+                    pr = m[tag]
+                    by_time = sorted(pr["groups_ms"].items(), key=lambda x: -x[1])
+                    groups = ", ".join(f"{g} {ms:.3f}" for g, ms in by_time)
+                    print(f"    {tag:<14} wall {pr['wall_ms']:.3f} ms = kernels {pr['kernel_ms']:.3f} "
+                          f"({pr['kernels_per_step']:.0f}) + idle {pr['idle_ms']:.3f}; {groups}")
     if "offline" in r:
         o = r["offline"]
         print(f"  offline            {o['output_tokens_per_s']:8.1f} output tokens/s ({o['num_seqs']} seqs, "
-              f"{o['seconds']:.1f} s, {o['preemptions']} preemptions)")
+              f"{o['seconds']:.1f} s, {o['steps']} steps, {o['preemptions']} preemptions)")
+        print("    ms/step: " + ", ".join(f"{k} {v:.3f}" for k, v in o["host_breakdown_ms_per_step"].items()))
     if "cuda_graphs_vs_eager" in r:
         g = r["cuda_graphs_vs_eager"]
         print(f"  graphs == eager    {g['equal']} ({g['sequences_equal']}/{g['num_sequences']} sequences, "
-              f"{g['token_match_fraction']:.3f} of tokens; graphs captured: {g['graphs_captured']})")
+              f"{g['token_match_fraction']:.3f} of tokens; graphs captured: {g['graphs_captured']}); logits error "
+              f"{g['logits_rel_error']:.2e}; margins at first divergences "
+              f"{[round(m, 4) for m in g['first_divergence_margins']]}")
     for name, err in report["errors"].items():
         print(f"  FAILED {name}: {err}")
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from semipd.engine.kernels._dispatch import use_triton
+
 _MASK32 = 0xFFFFFFFF
 
 
@@ -95,19 +97,45 @@ def apply_top_k_top_p(logits: torch.Tensor, top_ks: torch.Tensor, top_ps: torch.
     return logits.masked_fill(drop, float("-inf"))
 
 
+def _gumbel_argmax(logits: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor,
+                   top_ks: torch.Tensor | None, top_ps: torch.Tensor | None) -> torch.Tensor:
+    logits = logits.float()
+    greedy = logits.argmax(dim=-1)
+    temps = torch.where(temperatures > 0, temperatures, torch.ones_like(temperatures))
+    scaled = logits / temps[:, None]
+    if top_ks is not None and top_ps is not None:
+        scaled = apply_top_k_top_p(scaled, top_ks, top_ps)
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, logits.shape[-1])))
+    sampled = (scaled + gumbel).argmax(dim=-1)
+    return torch.where(temperatures > 0, sampled, greedy)
+
+
+def sample_tokens_torch(logits: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor,
+                        steps: torch.Tensor) -> torch.Tensor:
+    """Greedy rows (temperature 0) take the argmax; the others ``argmax(logits / T + Gumbel noise)``
+    with the noise of `uniform_noise`: a sample of softmax(logits / T). No top-k / top-p."""
+    return _gumbel_argmax(logits, temperatures, seeds, steps, None, None)
+
+
+def sample_tokens(logits: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor,
+                  steps: torch.Tensor) -> torch.Tensor:
+    """`sample_tokens_torch` (same draws): one fused Triton pass over the logits on CUDA, the
+    torch reference elsewhere. No host synchronisation either way (CUDA-graph safe)."""
+    if use_triton(logits):
+        from semipd.engine.kernels.triton_sampling import sample_tokens_triton
+
+        return sample_tokens_triton(logits, temperatures, seeds, steps)
+    return sample_tokens_torch(logits, temperatures, seeds, steps)
+
+
 class Sampler:
     """Turns a [B, V] logits tensor into B token ids, all rows at once on the device."""
 
     def __call__(self, logits: torch.Tensor, t: SamplingTensors) -> torch.Tensor:
-        """Returns [B] int64 token ids (still on the device)."""
-        logits = logits.float()
-        greedy = logits.argmax(dim=-1)
-        if t.all_greedy:
-            return greedy
-        temps = torch.where(t.temperatures > 0, t.temperatures, torch.ones_like(t.temperatures))
-        scaled = logits / temps[:, None]
+        """Returns [B] int64 token ids (still on the device). Batches without top-k / top-p take
+        `sample_tokens`; the others sort their logits (`apply_top_k_top_p`) first."""
         if t.use_top_k_top_p:
-            scaled = apply_top_k_top_p(scaled, t.top_ks, t.top_ps)
-        gumbel = -torch.log(-torch.log(uniform_noise(t.seeds, t.steps, logits.shape[-1])))
-        sampled = (scaled + gumbel).argmax(dim=-1)
-        return torch.where(t.temperatures > 0, sampled, greedy)
+            return _gumbel_argmax(logits, t.temperatures, t.seeds, t.steps, t.top_ks, t.top_ps)
+        if t.all_greedy and not use_triton(logits):
+            return logits.argmax(dim=-1)
+        return sample_tokens(logits, t.temperatures, t.seeds, t.steps)

@@ -179,6 +179,10 @@ class LlamaForCausalLM(nn.Module):
         """input_ids, positions: [T]; returns hidden states [T, hidden]."""
         return self.model(input_ids, positions, self.cos_sin_cache, kv_caches, meta)
 
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] -> [N, vocab] logits in the model dtype (the sampler reads them as they are)."""
+        return F.linear(hidden, self.lm_head.weight)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] float32 logits."""
-        return F.linear(hidden, self.lm_head.weight).float()
+        return self.lm_logits(hidden).float()
