@@ -30,6 +30,9 @@ def create_app(async_engine: Any, served_model_name: str, api_key: str | None = 
         raise ValueError("served_model_name must be a non-empty string")
     client = EngineClient(async_engine)
     exporter = SemiPDPrometheusExporter(client.metrics_collector)
+    bind_exporter = getattr(getattr(async_engine, "engine", None), "bind_exporter", None)
+    if bind_exporter is not None:  # the Semi-PD engine reports its reallocations through it
+        bind_exporter(exporter)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+from semipd.engine.semipd_config import add_semipd_arguments, semipd_config_from_args
+
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 # CLI option -> EngineConfig field (passed only when given).
 ENGINE_OPTIONS = ("model", "load_format", "dtype", "device", "mode", "gpu_memory_utilization", "block_size",
@@ -68,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="require 'Authorization: Bearer KEY' on every route but /health "
                              "(default: $SEMIPD_API_KEY)")
     server.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    add_semipd_arguments(parser)
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -78,7 +81,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from semipd.engine import AsyncEngine, Engine, EngineConfig
+    from semipd.engine import AsyncEngine, EngineConfig, create_engine
     from semipd.server.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -86,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
         print("semipd serve: --api-key must not be empty", file=sys.stderr)
         return 2
     try:
-        config = EngineConfig(**engine_kwargs(args))
-        engine = Engine(config)
+        semipd = semipd_config_from_args(args) if args.mode == "semi-pd" else None
+        config = EngineConfig(**engine_kwargs(args), semipd=semipd)
+        engine = create_engine(config)
     except (ValueError, FileNotFoundError) as exc:
         print(f"semipd serve: {exc}", file=sys.stderr)
         return 2
