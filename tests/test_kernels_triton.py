@@ -190,6 +190,24 @@ def backends_agree_end_to_end() -> None:
 
 
 @case
+def sampling_matches_reference() -> None:
+    from semipd.engine.kernels.triton_sampling import sample_tokens_triton
+    from semipd.engine.sampler import sample_tokens_torch
+
+    for dtype, (rows, vocab) in ((torch.float32, (6, 50)), (torch.bfloat16, (5, 9000)), (torch.float32, (3, 4096))):
+        logits = (torch.randn(rows, vocab) * 3).to(dtype)
+        temps = torch.tensor([0.0, 0.7, 1.3, 1.0, 0.0, 2.0])[:rows]
+        seeds = torch.tensor([1, -5, 2**62 + 7, 123, 9, -(2**63)])[:rows]
+        steps = torch.tensor([0, 3, 1000, 2**33 + 1, 2, 7])[:rows]
+        assert torch.equal(sample_tokens_triton(logits, temps, seeds, steps),
+                           sample_tokens_torch(logits, temps, seeds, steps))
+    tied = torch.zeros(2, 9000)
+    tied[:, [5, 4100, 8000]] = 1.0  # equal maxima in three chunks: the first wins, as torch.argmax
+    zeros = torch.zeros(2, dtype=torch.int64)
+    assert sample_tokens_triton(tied, torch.zeros(2), zeros, zeros).tolist() == [5, 5]
+
+
+@case
 def split_policy_and_configs() -> None:
     from semipd.engine.kernels.triton_decode_attention import DecodeConfig, num_decode_splits
     from semipd.engine.kernels.triton_prefill_attention import PrefillConfig, default_prefill_config
