@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -199,6 +200,90 @@ def test_profile_predictor_through_the_controller() -> None:
     assert decision.choice is not None and 2000.0 / decision.choice.decode_percentage <= 50.0
 
 
+# -- windows since a switch, misses within the threshold, anticipation ------------------------------
+
+class SinceMetrics:
+    """A source that can give the window since a time: `fresh` from `switch_time` on, `stale` before."""
+
+    def __init__(self, stale: AggregatedMetrics, fresh: AggregatedMetrics, clock: VirtualClock) -> None:
+        self.stale, self.fresh, self.clock = stale, fresh, clock
+        self.switch_time: float | None = None
+        self.calls: list[float | None] = []
+
+    def get_current_window_metrics(self, since: float | None = None) -> AggregatedMetrics:
+        self.calls.append(since)
+        now = self.clock.now()
+        if since is not None and self.switch_time is not None and since >= self.switch_time:
+            return dataclasses.replace(self.fresh, window_start_time=since, window_end_time=now)
+        return dataclasses.replace(self.stale, window_start_time=now - 30.0, window_end_time=now)
+
+
+def test_with_windows_since_a_switch_the_new_split_is_judged_after_the_cooldown() -> None:
+    clock = VirtualClock()
+    source = SinceMetrics(TPOT_BAD, window(tpot=80.0, n=4), clock)
+    manager = InMemoryResourceManager(START)
+    ctrl = SLOAwareResourceController(SLOConstraints(), source, manager, cooldown_seconds=10.0, clock=clock,
+                                      candidate_bounds=ONE_STEP, predictor="paper", shift_ratio=None)
+    assert ctrl.step().action == "adjust"
+    source.switch_time = 0.0
+    clock.set(10.0)
+    held = ctrl.step()  # past the cooldown, but 4 TPOT samples since the move: too few to judge
+    assert held.action == "hold" and "4 TPOT samples since the last adjustment" in held.reason
+    assert source.calls[-1] == pytest.approx(0.0)  # asked for the window since the move
+    source.fresh = window(tpot=80.0, n=20)
+    clock.set(12.0)
+    again = ctrl.step()  # 20 fresh samples, still 1.6x: move again without waiting out the 30 s window
+    assert again.action == "adjust" and "escalating" not in again.reason
+    assert ctrl.slo_algorithm.predictor.describe()["tpot_points"] == 2  # the fresh window taught it
+
+
+def test_a_pending_switch_holds_and_restarts_the_fresh_window() -> None:
+    clock = VirtualClock()
+    source = SinceMetrics(TPOT_BAD, window(tpot=40.0), clock)
+
+    class Slow(InMemoryResourceManager):
+        pending = True
+
+        def get_status(self) -> dict:
+            return {**super().get_status(), "switch_pending_for": ["decode"] if self.pending else []}
+
+    manager = Slow(START)
+    ctrl = SLOAwareResourceController(SLOConstraints(), source, manager, cooldown_seconds=5.0, clock=clock,
+                                      shift_ratio=None)
+    assert ctrl.step().action == "adjust"
+    clock.set(8.0)
+    held = ctrl.step()
+    assert held.action == "hold" and "still being applied" in held.reason
+    manager.pending = False
+    source.switch_time = 8.0
+    clock.set(9.0)
+    assert ctrl.step().action == "keep"
+    assert source.calls[-1] == pytest.approx(8.0)  # samples from when the switch took effect
+
+
+def test_a_persistent_miss_within_the_threshold_is_acted_on() -> None:
+    mild = window(ttft=105.0, tpot=20.0)  # TTFT 1.05x: missed, not violated
+    ctrl, _, manager = controller(metrics=mild, predictor="paper", persistent_miss_cycles=3, rebalance_above=None)
+    first, second = ctrl.step(now=0.0), ctrl.step(now=5.0)
+    assert first.action == second.action == "keep" and not first.violations
+    third = ctrl.step(now=10.0)
+    assert third.action == "adjust" and "a miss within the violation threshold for 3 cycles" in third.reason
+    assert third.choice is not None and third.choice.prefill_percentage > 70
+    patient, _, _ = controller(metrics=mild, predictor="paper", persistent_miss_cycles=None, rebalance_above=None)
+    assert [patient.step(now=5.0 * k).action for k in range(6)] == ["keep"] * 6
+
+
+def test_anticipation_moves_before_a_violation() -> None:
+    climbing = window(ttft=30.0, tpot=45.0)  # TPOT at 0.9x its target, TTFT at 0.3x
+    ctrl, _, manager = controller(metrics=climbing, predictor="paper")
+    decision = ctrl.step(now=0.0)
+    assert not decision.violations and decision.action == "adjust"
+    assert decision.reason.startswith("anticipating: tpot at 0.9x")
+    assert decision.choice is not None and decision.choice.decode_percentage > 30
+    off, _, _ = controller(metrics=climbing, predictor="paper", rebalance_above=None)
+    assert off.step(now=0.0).action == "keep"
+
+
 # -- faults ---------------------------------------------------------------------------------------
 
 def test_metrics_failure_is_logged_counted_and_survived(caplog: pytest.LogCaptureFixture) -> None:
@@ -319,7 +404,10 @@ def test_stop_does_not_wait_out_a_long_interval() -> None:
 @pytest.mark.parametrize(("kwargs", "field"), [({"monitoring_interval": 0}, "monitoring_interval"),
                                                 ({"cooldown_seconds": -1}, "cooldown_seconds"),
                                                 ({"decision_log_size": 0}, "decision_log_size"),
-                                                ({"min_samples": 0}, "min_samples")])
+                                                ({"min_samples": 0}, "min_samples"),
+                                                ({"persistent_miss_cycles": 0}, "persistent_miss_cycles"),
+                                                ({"reversal_memory_seconds": -1}, "reversal_memory_seconds"),
+                                                ({"shift_ratio": 1.0}, "shift_ratio")])
 def test_validation(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         controller(**kwargs)

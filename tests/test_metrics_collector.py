@@ -99,6 +99,56 @@ def test_ttft_reacts_before_completion_and_in_flight_counts() -> None:
     assert agg.num_tpot_samples == 0
 
 
+def test_streaming_tpot_leads_tpot() -> None:
+    """A decode step slowing down shows in streaming TPOT (tokens streamed in the window) while the
+    requests are still decoding; TPOT proper waits for their completion and averages their lives."""
+    clock = VirtualClock()
+    m = SemiPDMetricsCollector(window_size_seconds=10.0, clock=clock)
+    rids = [f"r{i}" for i in range(20)]
+    for rid in rids:
+        m.record_request_arrival(rid, 100, timestamp=0.0)
+        m.record_first_token(rid, timestamp=0.1)
+    t = 0.1
+    for k in range(400):  # 100 steps of 10 ms, then 300 of 40 ms
+        t += 0.01 if k < 100 else 0.04
+        m.record_decode_step(rids, timestamp=t)
+    clock.set(t)
+    agg = m.get_current_window_metrics()
+    assert agg.num_tpot_samples == 0 and agg.num_in_flight == 20
+    # The window [t - 10, t] holds only 40 ms steps.
+    assert agg.num_streaming_tpot_samples == 20 and agg.streaming_tpot_percentile(95) == pytest.approx(40.0)
+    assert agg.itl_p50 == pytest.approx(40.0)
+    recent = m.get_current_window_metrics(since=t - 1.0)
+    assert recent.window_start_time == pytest.approx(t - 1.0)
+    assert recent.streaming_tpot_percentile(50) == pytest.approx(40.0)
+    for rid in rids:
+        m.record_request_completion(rid, 401, timestamp=t)
+    done = m.get_current_window_metrics()
+    assert done.tpot_percentile(95) == pytest.approx((t - 0.1) / 400 * 1000)  # 32.5 ms: the whole life
+
+
+def test_decode_steps_in_bulk() -> None:
+    clock = VirtualClock()
+    m = SemiPDMetricsCollector(window_size_seconds=10.0, clock=clock)
+    for rid, arrival in (("a", 0.0), ("b", 0.0), ("late", 0.5)):
+        m.record_request_arrival(rid, 50 if rid == "late" else 150, timestamp=arrival)
+    m.record_first_token("a", timestamp=1.0)
+    m.record_first_token("b", timestamp=1.5)
+    m.record_decode_step(["a", "b", "late", "ghost"], timestamp=2.0)  # late: no first token yet
+    m.record_decode_step(["a", "b"], timestamp=2.5)
+    m.record_decode_step(["a"], timestamp=2.25)  # before a's previous token
+    stats = m.get_stats()
+    assert stats["unknown_request_events"] == 1 and stats["out_of_order_events"] == 1
+    rec = m.get_request("a")
+    assert rec.last_token_time == 2.5 and rec.token_times is None and rec.itl_ms == []  # no per-token times
+    assert m.get_request("late").last_token_time == 2.0
+    clock.set(3.0)
+    agg = m.get_current_window_metrics()
+    assert agg.itl_mean == pytest.approx((1000 + 500 + 500 + 500) / 4)  # a: 1.0 -> 2.0 -> 2.5, b: 1.5 -> 2.0 -> 2.5
+    assert sorted(agg.streaming_tpot_samples.tolist()) == pytest.approx([500.0, 750.0])
+    assert agg.arrival_input_token_rate == pytest.approx(350 / 3.0)
+
+
 def test_failed_and_aborted_are_counted_apart() -> None:
     clock = VirtualClock()
     m = SemiPDMetricsCollector(clock=clock)

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from semipd.clock import VirtualClock
 from semipd.metrics import MetricsAggregator, SemiPDMetricsCollector
+from semipd.metrics.ring import EventRing
+from semipd.metrics.token_gaps import FLUSH, TokenGaps
 from semipd.metrics.window import percentiles_of_sorted
 
 END_KINDS = ("complete", "fail", "abort", "live")
@@ -54,13 +56,22 @@ gens = st.builds(
 )
 
 
-def _replay(streams: list[Gen], now: float, window: float) -> tuple[SemiPDMetricsCollector, list]:
+def _replay(streams: list[Gen], now: float, window: float,
+            bulk_tokens: bool = False) -> tuple[SemiPDMetricsCollector, list]:
+    """Replay the streams' events up to `now`; with `bulk_tokens`, each token goes through
+    `record_decode_step` (tokens at the same time in one call) instead of `record_token`."""
     clock = VirtualClock()
     m = SemiPDMetricsCollector(window_size_seconds=window, max_history_size=1000, clock=clock)
     events = [e for i, g in enumerate(streams) for e in g.events(f"r{i}")]
     events = sorted((e for e in events if e[0] <= now), key=lambda e: e[0])  # stable: lifecycle order on ties
-    for t, kind, args in events:
-        if kind == "arrival":
+    step: list[str] = []
+    for i, (t, kind, args) in enumerate(events):
+        if bulk_tokens and kind == "token":
+            step.append(args[0])
+            if i + 1 == len(events) or events[i + 1][1] != "token" or events[i + 1][0] != t:
+                m.record_decode_step(step, timestamp=t)
+                step = []
+        elif kind == "arrival":
             m.record_request_arrival(*args, timestamp=t)
         elif kind == "prefill_start":
             m.record_prefill_start(*args, timestamp=t)
@@ -76,15 +87,16 @@ def _replay(streams: list[Gen], now: float, window: float) -> tuple[SemiPDMetric
     return m, events
 
 
-def _expected(events: list, now: float, window: float) -> dict:
-    start = now - window
+def _expected(events: list, now: float, window: float, since: float | None = None) -> dict:
+    start = now - window if since is None else max(now - window, min(since, now))
     inw = lambda t: start <= t <= now  # noqa: E731
     arrival: dict[str, float] = {}
     prefill_start: dict[str, float] = {}
     first: dict[str, float] = {}
     last: dict[str, float] = {}
     in_len: dict[str, int] = {}
-    ex = {k: [] for k in ("ttft", "tpot", "itl", "queue", "e2e", "in", "out")}
+    ex = {k: [] for k in ("ttft", "tpot", "itl", "queue", "e2e", "in", "out", "arrived_in")}
+    gaps: dict[str, list[float]] = {}
     counts = {"completed": 0, "failed": 0, "aborted": 0, "arrivals": 0}
     ended: set[str] = set()
     for t, kind, args in events:
@@ -92,6 +104,8 @@ def _expected(events: list, now: float, window: float) -> dict:
         if kind == "arrival":
             arrival[rid], in_len[rid] = t, args[1]
             counts["arrivals"] += inw(t)
+            if inw(t):
+                ex["arrived_in"].append(args[1])
         elif kind == "prefill_start":
             prefill_start[rid] = t
         elif kind == "first_token":
@@ -103,6 +117,7 @@ def _expected(events: list, now: float, window: float) -> dict:
         elif kind == "token":
             if inw(t):
                 ex["itl"].append((t - last[rid]) * 1000)
+                gaps.setdefault(rid, []).append((t - last[rid]) * 1000)
             last[rid] = t
         else:
             ended.add(rid)
@@ -121,7 +136,8 @@ def _expected(events: list, now: float, window: float) -> dict:
                 ex["in"].append(in_len[rid])
                 ex["out"].append(n_out)
     live = set(arrival) - ended
-    eff = max(0.0, min(window, now - min(arrival.values()))) if arrival else 0.0
+    ex["streaming"] = [float(np.mean(g)) for g in gaps.values() if len(g) >= 2]
+    eff = max(0.0, min(now - start, now - min(arrival.values()))) if arrival else 0.0
     return {"samples": ex, "counts": counts, "eff": eff, "live": len(live),
             "waiting": sum(1 for r in live if r not in first)}
 
@@ -157,9 +173,44 @@ def test_window_equals_numpy_over_the_same_samples(streams: list[Gen], now: floa
     assert agg.input_token_throughput == approx(per_s(sum(ex["in"])))
     assert agg.output_token_throughput == approx(per_s(sum(ex["out"])))
     assert agg.total_token_throughput == approx(per_s(sum(ex["in"]) + sum(ex["out"])))
+    assert agg.arrival_input_token_rate == approx(per_s(sum(ex["arrived_in"])))
+    assert sorted(agg.streaming_tpot_samples.tolist()) == approx(sorted(ex["streaming"]))
     assert not agg.window_truncated
     stats = m.get_stats()
     assert stats["out_of_order_events"] == 0 and stats["unknown_request_events"] == 0
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams=st.lists(gens, max_size=20), now=st.floats(0.0, 130.0), window=st.floats(0.5, 60.0),
+       since=st.floats(-10.0, 140.0))
+def test_window_since_a_time_equals_numpy_over_the_later_samples(streams: list[Gen], now: float, window: float,
+                                                                  since: float) -> None:
+    m, events = _replay(streams, now, window)
+    agg = m.get_current_window_metrics(since=since)
+    exp = _expected(events, now, window, since)
+    ex = exp["samples"]
+    approx = lambda v: pytest.approx(v, rel=1e-9, abs=1e-9)  # noqa: E731
+    assert agg.window_start_time == approx(max(now - window, min(since, now)))
+    for name, key in (("ttft", "ttft"), ("tpot", "tpot"), ("itl", "itl")):
+        assert getattr(agg, f"{name}_p95") == approx(_pct(ex[key], 95)), name
+    assert sorted(agg.streaming_tpot_samples.tolist()) == approx(sorted(ex["streaming"]))
+    per_s = lambda count: count / exp["eff"] if exp["eff"] > 0 else 0.0  # noqa: E731
+    assert agg.request_arrival_rate == approx(per_s(exp["counts"]["arrivals"]))
+    assert agg.request_throughput == approx(per_s(exp["counts"]["completed"]))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams=st.lists(gens, max_size=20), now=st.floats(0.0, 130.0), window=st.floats(0.5, 60.0))
+def test_bulk_decode_steps_give_the_window_of_single_tokens(streams: list[Gen], now: float, window: float) -> None:
+    single, _ = _replay(streams, now, window)
+    bulk, _ = _replay(streams, now, window, bulk_tokens=True)
+    got, want = bulk.get_current_window_metrics(), single.get_current_window_metrics()
+    for name, value in vars(want).items():
+        if isinstance(value, np.ndarray):
+            assert sorted(getattr(got, name).tolist()) == pytest.approx(sorted(value.tolist())), name
+        else:
+            assert getattr(got, name) == pytest.approx(value, rel=1e-9, abs=1e-9), name
+    assert bulk.get_stats() == single.get_stats()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -183,3 +234,30 @@ def test_percentiles_of_sorted_equal_numpy_exactly(values: list[float], extra: l
     ps = (0.0, 50.0, 90.0, 95.0, 99.0, 100.0, *extra)
     arr = np.array(values)
     assert percentiles_of_sorted(np.sort(arr), ps) == tuple(float(v) for v in np.percentile(arr, ps))
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.integers(1, 12), batches=st.lists(st.integers(0, 30), max_size=8))
+def test_ring_push_many_equals_one_push_per_row(capacity: int, batches: list[int]) -> None:
+    one, many = EventRing(capacity, 2), EventRing(capacity, 2)
+    t = 0.0
+    for k in batches:
+        rows = np.array([t + np.arange(k), np.arange(k) * 0.5])
+        t += k
+        for j in range(k):
+            one.push(tuple(rows[:, j]))
+        many.push_many(rows)
+        assert (many.size, many.next_index, many.evicted) == (one.size, one.next_index, one.evicted)
+        assert many.evicted_max_time == one.evicted_max_time
+        np.testing.assert_array_equal(many.view(), one.view())
+
+
+def test_token_gaps_are_written_in_bulk_and_read_whole() -> None:
+    gaps = TokenGaps(capacity=10_000)
+    gaps.add_step(1.0, [0.1] * (FLUSH - 1), list(range(FLUSH - 1)))
+    assert gaps.ring.size == 0  # buffered
+    gaps.add(1.5, 0.5, 7)
+    assert gaps.ring.size == FLUSH and not gaps.gaps  # the threshold flushed it
+    gaps.add(2.0, 0.5, 7)
+    rows = gaps.view()  # reads flush the rest
+    assert rows.shape == (3, FLUSH + 1) and rows[:, -1].tolist() == [2.0, 0.5, 7.0]

@@ -35,21 +35,24 @@ def moves(result: SimResult) -> list[float]:
 
 
 def static_attainments(workload, slo: SLOConstraints) -> dict[int, float]:
-    """SLO attainment of every static split on the grid, by prefill SMs."""
+    """SLO attainment of every static split the controller may choose (its default bounds, 20-80%
+    prefill: 32-104 of 132 SMs), by prefill SMs. The splits outside them are far worse on both
+    phased workloads (at most 0.27 on the first, 0.81 on the CLI's), so the best of these is the
+    best static split."""
     config = SimConfig(slo=slo)
     grid = SMGrid(132, config.sm_granularity, config.min_sms)
     return {p: run_policy(workload, f"static:{100 * p / 132}/{100 - 100 * p / 132}", config).summary(slo)[
-        "slo_attainment"] for p in grid.prefill_sm_choices()}
+        "slo_attainment"] for p in grid.prefill_sm_choices() if 20 <= 100 * p / 132 <= 80}
 
 
 @pytest.fixture(scope="module")
 def decode_heavy_load():
-    return synthetic_workload(17, duration=240, seed=1, **DECODE_HEAVY)
+    return synthetic_workload(17, duration=120, seed=1, **DECODE_HEAVY)
 
 
 def test_a_70_30_split_violates_tpot_on_the_decode_heavy_load(decode_heavy_load):
     r = run_policy(decode_heavy_load, "static:70/30", SimConfig(slo=SLO))
-    assert len(violations_after(r, 30)) > 30 and all(v.keys() == {"tpot"} for _, v in violations_after(r, 30))
+    assert len(violations_after(r, 30)) > 15 and all(v.keys() == {"tpot"} for _, v in violations_after(r, 30))
 
 
 @pytest.mark.parametrize("predictor", PREDICTORS)

@@ -15,8 +15,10 @@ GRID = SMGrid(132, 8, 8)
 SPLITS = [GRID.allocation(p) for p in range(32, 105, 8)]
 
 
-def window(rate: float, mean_in: float, mean_out: float) -> AggregatedMetrics:
+def window(rate: float, mean_in: float, mean_out: float, arriving_in: float | None = None) -> AggregatedMetrics:
+    """A steady load (`arriving_in`: the mean prompt of the arrivals, when it differs from the completions')."""
     return AggregatedMetrics(window_start_time=0.0, window_end_time=30.0, request_arrival_rate=rate,
+                             arrival_input_token_rate=rate * (mean_in if arriving_in is None else arriving_in),
                              request_throughput=rate, input_token_throughput=rate * mean_in,
                              output_token_throughput=rate * mean_out)
 
@@ -58,3 +60,12 @@ def test_lengths_come_from_the_window_and_persist_without_completions():
     assert long_[0] > short[0]
     idle = AggregatedMetrics(window_end_time=30.0, request_arrival_rate=8.0)  # nothing completed
     assert profile.predict(alloc, idle) == long_
+
+
+def test_prompt_lengths_follow_the_arrivals_at_once():
+    """After a shift to short prompts the completions still carry the long ones; the arrivals do not."""
+    profile = PerfModelProfile(PERF, SLOConstraints())
+    alloc = GRID.allocation(64)
+    shifted = profile.predict(alloc, window(16.0, 3000, 40, arriving_in=300))
+    assert shifted == PerfModelProfile(PERF, SLOConstraints()).predict(alloc, window(16.0, 300, 40))
+    assert shifted[0] < 1000 and shifted[0] < profile.predict(alloc, window(16.0, 3000, 40))[0] / 10

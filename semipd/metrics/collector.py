@@ -28,14 +28,13 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
-
 from semipd.allocation import SMAllocation
 from semipd.clock import Clock, RealClock
 from semipd.metrics.aggregated import AggregatedMetrics
 from semipd.metrics.request import RequestMetrics, RequestStatus, SystemMetrics
 from semipd.metrics.ring import EventRing
 from semipd.metrics.snapshot import decode_snapshot, encode_rows, record_row
+from semipd.metrics.token_gaps import TokenGaps
 from semipd.metrics.window import (
     NAN,
     effective_window_length,
@@ -46,9 +45,6 @@ from semipd.metrics.window import (
 )
 
 logger = logging.getLogger(__name__)
-
-_ITL_FLUSH = 4096
-"""Buffered token gaps that trigger a write to the ITL ring."""
 
 CompletionListener = Callable[[RequestMetrics], None]
 # Module constants: an enum member lookup costs a descriptor call on the hot path.
@@ -90,12 +86,7 @@ class SemiPDMetricsCollector:
         self._finished = EventRing(max_history_size, 6)
         self._first_tokens = EventRing(max_history_size, 3)
         self._arrivals = EventRing(max_history_size, 2)
-        self._itl = EventRing(max_itl_samples, 3)
-        # Token gaps are buffered in lists and written to the ring in bulk (at each query, or
-        # every _ITL_FLUSH gaps): one numpy write per thousands of tokens instead of one per token.
-        self._itl_times: list[float] = []
-        self._itl_gaps: list[float] = []
-        self._itl_serials: list[int] = []
+        self._tokens = TokenGaps(max_itl_samples)
         self._next_serial = 0
         self._num_waiting_prefill = 0
         self._first_arrival: float | None = None
@@ -176,11 +167,7 @@ class SemiPDMetricsCollector:
                 times.append(t)
             rec.last_token_time = t
             if prev is not None:
-                self._itl_times.append(t)
-                self._itl_gaps.append(t - prev)
-                self._itl_serials.append(rec.serial)
-                if len(self._itl_gaps) >= _ITL_FLUSH:
-                    self._flush_itl()
+                self._tokens.add(t, t - prev, rec.serial)
 
     def record_decode_step(self, rids: Iterable[str], timestamp: float | None = None) -> None:
         """One decode step gave each request in `rids` one token at the same time: the bulk form of
@@ -189,26 +176,26 @@ class SemiPDMetricsCollector:
         `RequestMetrics.itl_ms` stays empty for these tokens. Cost: one lock per step and a dict
         lookup and two list appends per request."""
         t = self._now() if timestamp is None else timestamp
+        gaps: list[float] = []
+        serials: list[int] = []
+        add_gap, add_serial = gaps.append, serials.append
         with self._lock:
             get = self._in_flight.get
-            gaps, serials = self._itl_gaps, self._itl_serials
-            add_gap, add_serial = gaps.append, serials.append
-            before = len(gaps)
             for rid in rids:
                 rec = get(rid)
                 if rec is None:
                     self._reject(rid, "token", t)
                     continue
                 prev = rec.last_token_time
-                if prev is not None and prev <= t:  # the common case: a token after a token
-                    rec.last_token_time = t
-                    add_gap(t - prev)
-                    add_serial(rec.serial)
-                else:
-                    self._first_streamed_token(rec, t)
-            self._itl_times.extend([t] * (len(gaps) - before))
-            if len(gaps) >= _ITL_FLUSH:
-                self._flush_itl()
+                if prev is None or prev > t:  # not the common case of a token after a token
+                    prev = self._gap_start(rec, t)
+                    if prev is None:
+                        continue
+                rec.last_token_time = t
+                add_gap(t - prev)
+                add_serial(rec.serial)
+            if gaps:
+                self._tokens.add_step(t, gaps, serials)
 
     def record_request_completion(
         self, rid: str, output_length: int, success: bool = True, timestamp: float | None = None
@@ -271,12 +258,11 @@ class SemiPDMetricsCollector:
             start = end - self.window_size_seconds
             if since is not None and since > start:
                 start = min(since, end)
-            self._flush_itl()
-            fin, ft, itl = self._finished, self._first_tokens, self._itl
-            samples = select_window(fin.view(), ft.view(), self._arrivals.view(), itl.view(), start, end)
+            fin, ft, tokens = self._finished, self._first_tokens, self._tokens
+            samples = select_window(fin.view(), ft.view(), self._arrivals.view(), tokens.view(), start, end)
             num_in_flight = len(self._in_flight)
             waiting = self._num_waiting_prefill
-            truncated = not all(r.covers(start) for r in (fin, ft, self._arrivals, itl))
+            truncated = not all(r.covers(start) for r in (fin, ft, self._arrivals, tokens))
             first_arrival = self._first_arrival
         return summarize(
             samples,
@@ -382,26 +368,18 @@ class SemiPDMetricsCollector:
         stats["num_evicted"] = self._finished.evicted
         return stats
 
-    def _first_streamed_token(self, rec: RequestMetrics, t: float) -> None:
-        """`record_decode_step` for a request without a token after its first yet (or out of order)."""
+    def _gap_start(self, rec: RequestMetrics, t: float) -> float | None:
+        """For `record_decode_step`: the time a token at `t` counts its gap from (the first token's),
+        or None when it has none - no first token recorded (the time is kept), or out of order."""
         prev = rec.last_token_time
         if prev is None:
             prev = rec.first_token_time
         if t < (prev if prev is not None else rec.arrival_time):
             self._out_of_order(rec.request_id, "token", t)
-            return
-        rec.last_token_time = t
-        if prev is not None:
-            self._itl_gaps.append(t - prev)
-            self._itl_serials.append(rec.serial)
-
-    def _flush_itl(self) -> None:
-        """Write the buffered token gaps to the ring."""
-        if self._itl_gaps:
-            self._itl.push_many(np.array((self._itl_times, self._itl_gaps, self._itl_serials), dtype=np.float64))
-            self._itl_times.clear()
-            self._itl_gaps.clear()
-            self._itl_serials.clear()
+            return None
+        if prev is None:
+            rec.last_token_time = t
+        return prev
 
     def _record_phase(self, rid: str, attr: str, timestamp: float | None) -> None:
         t = self._now() if timestamp is None else timestamp

@@ -60,7 +60,7 @@ class CycleRecorder:
             ttft_p90_ms=window.ttft_p90, tpot_p90_ms=window.tpot_p90,
             ttft_p95_ms=window.ttft_p95, tpot_p95_ms=window.tpot_p95,
             arrival_rate=window.request_arrival_rate, num_waiting_prefill=window.num_waiting_prefill,
-            violations=violations, action=action)
+            violations=violations, action=action, streaming_tpot_p95_ms=window.streaming_tpot_percentile(95))
         self.timeline.append(record)
         if self.on_cycle is not None:
             self.on_cycle(record)

@@ -5,8 +5,9 @@ under the load seen in the metrics window. On the simulated GPU the profile is t
 simulator's own `PerfModel` (on a real GPU, the one `semipd profile` measured), combined
 with a steady-state queueing model of the window's load:
 
-- load: arrival rate ``lambda`` and the mean prompt and output lengths of the requests
-  completed in the window (the last known lengths when none completed);
+- load: arrival rate ``lambda``, the mean prompt length of the requests that arrived in the
+  window and the mean output length of those completed in it (the last known lengths when
+  none arrived or completed);
 - decode: the batch follows Little's law, ``B = lambda * (out - 1) * t``, and the step time
   ``t = decode_time(B, B * context, decode SMs)`` grows with it, slowed by prefill's
   interference for the share of time prefill is busy; the fixed point is TPOT. No fixed
@@ -20,9 +21,10 @@ with a steady-state queueing model of the window's load:
 - throughput: the arrival rate, capped by the smaller of the two phases' capacities, so
   every split that carries the whole load ties and the algorithm prefers headroom.
 
-Limitation: lengths are known only once requests complete, so for a while after the mix
-changes (long prompts giving way to long answers, say) the fresh arrival rate is combined
-with the old mix's lengths, and predictions are off until the window turns over.
+Limitation: output lengths are known only once requests complete, so for a while after the
+mix changes (short answers giving way to long ones, say) the fresh arrival rate is combined
+with the old mix's output lengths and TPOT forecasts run low; the observed (streaming) TPOT
+still raises the violation. Prompt lengths are known at arrival and follow the load at once.
 """
 
 from __future__ import annotations
@@ -73,9 +75,10 @@ class PerfModelProfile:
         return 1000.0 * ttft_s, 1000.0 * tpot_s, throughput
 
     def _learn_lengths(self, metrics: AggregatedMetrics) -> None:
+        if metrics.request_arrival_rate > 0 and metrics.arrival_input_token_rate > 0:
+            self._input_len = max(1.0, metrics.arrival_input_token_rate / metrics.request_arrival_rate)
         done = metrics.request_throughput
         if done > 0:
-            self._input_len = max(1.0, metrics.input_token_throughput / done)
             self._output_len = max(1.0, metrics.output_token_throughput / done)
 
     def _prefill(self, lam: float, sms: int, slowdown: float) -> tuple[float, float, float]:

@@ -46,7 +46,10 @@ class CycleRecord:
     violations: dict[str, float]
     """Violated SLOs ("ttft", "tpot") and their percentile / target ratios in this window."""
     action: str
-    """"keep", or the move made, e.g. "70/30 -> 60/40"."""
+    """"keep", or the move made, e.g. "72.7/27.3 -> 60.6/39.4"."""
+    streaming_tpot_p95_ms: float = 0.0
+    """P95 streaming TPOT (tokens streamed in the window, finished requests or not): the controller's
+    TPOT signal, which leads ``tpot_p95_ms`` (completed requests only)."""
 
 
 def _pct(values: np.ndarray, p: float) -> float:

@@ -9,12 +9,16 @@ the percentile, which only moves once the queued requests get their first token,
 fine. A predictor that `forecasts` (the measured ``profile``, whose predictions are
 absolute rather than scaled from the window) also raises a violation when it predicts one
 for the current split under the window's load, e.g. as soon as the arrival rate jumps and
-before the decode batch has grown into a TPOT miss. The algorithm acts only on a
-violation; a compliant split is never moved, so once the SLOs are met the allocation
-stays put (the threshold above 1 is hysteresis).
+before the decode batch has grown into a TPOT miss. The seed acts only on a violation;
+this algorithm also acts, more cautiously, on a miss within the threshold that persists
+and on an SLO nearing its target while the other has room (`decide`'s ``require_feasible``
+and ``min_gain``; the controller decides when), so that the band between target and
+threshold stays hysteresis rather than a place to get stuck, and a load shift is answered
+before it turns into violations.
 
-Candidates (2.3) are the splits within the bounds (`semipd.slo.candidates`), on the resource
-manager's `SMGrid` when it has one. With ``monotone_moves`` (default)
+Candidates (2.3) are the splits within the bounds (`semipd.slo.candidates`; by default
+anywhere within them, the seed: 2 steps), on the resource manager's `SMGrid` when it has
+one. With ``monotone_moves`` (default)
 a candidate must give more SMs to the phase whose SLO alone is violated: a phase never
 gets faster with fewer or the same SMs, so any other move is a predictor's error. The seed's
 heuristic makes that error: its factors are relative to a 50% share, so from 72/28 with
@@ -30,10 +34,11 @@ Selection (2.5) and the policies the seed leaves open:
 
 - Some candidates are predicted to meet both SLOs: the one with the highest predicted
   throughput (the seed). Ties, as when every feasible split carries the whole load, go to
-  the nearest split predicted to keep both SLOs ``headroom`` (relative) below target, or,
-  when none does, to the one with the most headroom. The nearest such split is the smallest
-  move that fixes the violation with a margin for prediction error, so the move grows with
-  the violation and does not overshoot to the far end of the bounds.
+  the lowest predicted worst ratio (most headroom for the SLO closest to its target), then
+  to the smallest move. With every split in the bounds a candidate, that is where the two
+  SLOs' predicted ratios balance: one decision makes the whole move a violation needs, and
+  the split lands with headroom on both sides instead of just inside the target it missed
+  (an attainment target of P95 met exactly still means 5% of requests late).
 - The current split stays a candidate ("stay") when a forecasting predictor (whose
   predictions are absolute, not scaled from the window) predicts that it meets both SLOs:
   the window's miss is then stale (samples of an earlier load) and moving would only have
@@ -53,6 +58,8 @@ Selection (2.5) and the policies the seed leaves open:
 - A miss within the threshold (the controller acts on one that persists; see
   `semipd.slo.controller`): only a move to a split predicted to meet both SLOs
   (``require_feasible``), never the worst-ratio rule, so the band keeps its purpose.
+- The controller may also narrow the range of prefill shares (``prefill_range``) to keep a
+  move from going back past a split that recently violated the other SLO.
 - Anticipation (`pressing`): an SLO at ``rebalance_above`` of its target or more while
   none is violated. A load that shifts toward one phase shows first as that phase's ratio
   climbing while the other phase's falls; waiting for the violation means acting after the

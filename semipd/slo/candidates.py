@@ -9,9 +9,10 @@ realisable splits -N..+N grid steps from the current one, so a backend that spli
 
 N is ``max_steps``. The seed uses 2; by default (None) every split within the bounds is a
 candidate, so one decision can make the move a violation needs instead of creeping 2 steps
-per decision and waiting for fresh samples after each: the algorithm picks the nearest
-candidate predicted to meet both SLOs with headroom, so the size of the move follows the
-size of the violation (`semipd.slo.algorithm`).
+per decision and waiting for fresh samples after each: the size of the move follows the
+predictions (`semipd.slo.algorithm`), and the controller's guards (monotone moves, the
+memory of splits that violated the other SLO) keep a poor predictor from swinging across
+the range.
 """
 
 from __future__ import annotations

@@ -40,6 +40,22 @@ with a stricter rule than a violation: only a move to a split predicted to meet 
 The threshold keeps its meaning for what counts as a violation, and the controller is not
 stuck just under it.
 
+Anticipation. When nothing is violated or persistently missed but one SLO stands at
+``rebalance_above`` (0.8) of its target or more, the controller asks the algorithm for a
+split predicted to meet both SLOs with a worst ratio at least ``rebalance_gain`` lower
+(`SLOAlgorithm.pressing`). A load shifting toward decode shows as streaming TPOT climbing
+while TTFT falls; moving then, rather than at the violation, spares the requests already in
+the growing decode batch. A split whose two ratios are balanced offers no such gain, so a
+steady load is not moved back and forth.
+
+Reversal memory. The controller remembers the latest split that violated TTFT alone and the
+latest that violated TPOT alone, for ``reversal_memory_seconds`` (None: off), and moves only
+strictly between them: after overshooting from a TTFT violation into a TPOT one, the way back
+stops short of the split that failed TTFT. A poor predictor (the seed's heuristic far from
+the current split) then closes in on a compliant split instead of swinging across the range.
+The memory is dropped early when contradicted - the SLO met with no more SMs for its phase
+than when it failed, or the other SLO now failing on the same side - as after a load change.
+
 Faults. A metrics source or status call that raises, an algorithm error, and a
 reallocation request that returns False or raises are each logged, counted and recorded
 as a decision; the allocation stays as it was and the loop goes on.
@@ -80,11 +96,13 @@ class SLOAwareResourceController:
     predictor name or a `Predictor`; `predictor_options` go to its constructor.
     `min_samples` TTFT (resp. TPOT) samples are needed in the window before that SLO is
     judged. `clock` (default `RealClock`) times cycles and cooldowns. `settle_on_window`
-    and `escalate` govern the wait after a move, `persistent_miss_cycles` (None: never) the
-    misses within the violation threshold (see the module docstring). The last
-    `decision_log_size` decisions are kept. `candidate_bounds`, `queue_min_waiting`,
-    `min_improvement`, `monotone_moves` and `rebalance_above` configure the `SLOAlgorithm`
-    (``controller.slo_algorithm``).
+    and `escalate` govern the wait after a move with a source that cannot give a window since
+    a time, `shift_ratio` the load-shift detection with one that can (None: off; see
+    `semipd.slo.window_reader`), `persistent_miss_cycles` (None: never) the misses within the
+    violation threshold, and `reversal_memory_seconds` (None: off) the range moves stay in
+    (see the module docstring). The last `decision_log_size` decisions are kept.
+    `candidate_bounds`, `queue_min_waiting`, `min_improvement`, `monotone_moves` and
+    `rebalance_above` (None: no anticipation) configure the `SLOAlgorithm` (``controller.slo_algorithm``).
     """
 
     def __init__(self, slo_constraints: SLOConstraints, metrics_collector: MetricsSource,
