@@ -98,7 +98,7 @@ def test_violation_adjusts_and_is_recorded() -> None:
     status = ctrl.get_controller_status()
     assert status["current_allocation"] == decision.choice.as_dict()
     assert status["statistics"]["successful_adjustments"] == 1 and status["statistics"]["success_rate"] == 1.0
-    assert status["last_adjustment_time"] == 100.0
+    assert status["last_adjustment_time"] == 100.0 and status["last_load_shift_time"] is None
     json.dumps(status)  # the status page serialises it
     assert status["recent_decisions"][-1]["label"] == f"70.0/30.0 -> {format_split(decision.choice)}"
 

@@ -252,6 +252,26 @@ def test_ring_push_many_equals_one_push_per_row(capacity: int, batches: list[int
         np.testing.assert_array_equal(many.view(), one.view())
 
 
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.integers(1, 12), batches=st.lists(st.lists(st.floats(0.0, 5.0), max_size=20), max_size=8),
+       start=st.floats(-1.0, 60.0), length=st.floats(0.0, 60.0), shuffled=st.booleans())
+def test_ring_between_equals_a_mask(capacity: int, batches: list[list[float]], start: float, length: float,
+                                   shuffled: bool) -> None:
+    """`between` finds the same rows by binary search (rows in time order) as a mask does (any order)."""
+    ring = EventRing(capacity, 2)
+    t = 0.0
+    for steps in batches:
+        times = t + np.cumsum(steps) if not shuffled else t + np.asarray(steps)[::-1]
+        ring.push_many(np.array([times, np.arange(len(steps), dtype=float)]).reshape(2, len(steps)))
+        t = float(times.max()) if len(steps) else t
+    rows = ring.view()
+    mask = (rows[0] >= start) & (rows[0] <= start + length)
+    got = ring.between(start, start + length)
+    assert sorted(map(tuple, got.T.tolist())) == sorted(map(tuple, rows[:, mask].T.tolist()))
+    if not shuffled:
+        assert ring.ordered
+
+
 def test_token_gaps_are_written_in_bulk_and_read_whole() -> None:
     gaps = TokenGaps(capacity=10_000)
     gaps.add_step(1.0, [0.1] * (FLUSH - 1), list(range(FLUSH - 1)))

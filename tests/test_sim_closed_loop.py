@@ -76,6 +76,20 @@ def test_prefill_heavy_load_from_30_70_reaches_compliance(predictor):
     assert violations_after(r, 60) == []  # compliant once the backlog drained, and after
 
 
+@pytest.mark.parametrize("predictor", PREDICTORS)
+def test_the_split_follows_the_load_there_and_back(predictor):
+    """Decode-heavy, prefill-heavy, decode-heavy again, a minute each: the controller moves SMs to
+    prefill within 20 s of the first change and back to decode within 20 s of the second (no
+    one-way ratchet: the memory of the splits that violated an SLO yields to the new load)."""
+    wl = phased_workload([Phase(60, 17, **DECODE_HEAVY), Phase(60, 7, **PREFILL_HEAVY), Phase(60, 17, **DECODE_HEAVY)],
+                         seed=0)
+    r = run_policy(wl, f"slo:{predictor}", SimConfig(slo=SLO))
+    split_at = {c.time: c.prefill_percentage for c in r.timeline}
+    assert max(p for t, p in split_at.items() if 60 < t <= 80) >= 78  # 104 SMs of prefill
+    assert split_at[140.0] <= 55 and min(p for t, p in split_at.items() if t > 140) <= 55
+    assert r.summary(SLO)["slo_attainment"] > 0.9
+
+
 def test_slo_control_beats_the_best_static_split_on_a_phased_workload():
     """Two minutes prefill-heavy, then two minutes decode-heavy. The first phase needs about
     96+ prefill SMs, the second about 72 or fewer, so every static split fails one phase."""
@@ -86,7 +100,7 @@ def test_slo_control_beats_the_best_static_split_on_a_phased_workload():
     for predictor in PREDICTORS:
         r = run_policy(wl, f"slo:{predictor}", SimConfig(slo=SLO))
         attained = r.summary(SLO)["slo_attainment"]
-        assert attained > best + 0.05, (predictor, attained, best_sms, best)
+        assert attained > best + 0.15, (predictor, attained, best_sms, best)
         assert r.num_reallocations >= 2
 
 
@@ -98,7 +112,7 @@ def test_slo_control_beats_the_best_static_split_on_the_cli_phased_workload():
     static = static_attainments(wl, CLI_SLO)
     best_sms, best = max(static.items(), key=lambda kv: kv[1])
     assert best > 0.95
-    for predictor in ("paper", "profile"):
+    for predictor in PREDICTORS:
         r = run_policy(wl, f"slo:{predictor}", SimConfig(slo=CLI_SLO))
         attained = r.summary(CLI_SLO)["slo_attainment"]
         assert attained > best, (predictor, attained, best_sms, best)

@@ -2,7 +2,13 @@
 
 Hot path. Each ``record_*`` call takes one lock, updates the request's record and writes at
 most one row into a numeric ring (see `semipd.metrics.ring`); the window query masks those rings
-with numpy, so it costs the same for 100 or 100,000 requests in the window.
+with numpy, so it costs the same for 100 or 100,000 requests in the window. Token gaps are
+buffered and written in bulk (`semipd.metrics.token_gaps`), and an executor that does not
+stream tokens one by one records a whole decode step in one call (`record_decode_step`).
+
+The window can start later than ``now - window_size_seconds``: ``get_current_window_metrics
+(since=t)`` gives the statistics of the samples since ``t`` only (the SLO controller asks for the
+samples since its last SM move, or since the load shifted).
 
 Memory is bounded: at most ``max_in_flight`` live requests (the oldest is dropped when a new one
 arrives beyond that, counted in ``num_evicted_in_flight``), at most ``max_history_size`` finished
@@ -259,7 +265,8 @@ class SemiPDMetricsCollector:
             if since is not None and since > start:
                 start = min(since, end)
             fin, ft, tokens = self._finished, self._first_tokens, self._tokens
-            samples = select_window(fin.view(), ft.view(), self._arrivals.view(), tokens.view(), start, end)
+            token_rows = tokens.between(start, end)
+            samples = select_window(fin.view(), ft.view(), self._arrivals.view(), token_rows, start, end)
             num_in_flight = len(self._in_flight)
             waiting = self._num_waiting_prefill
             truncated = not all(r.covers(start) for r in (fin, ft, self._arrivals, tokens))

@@ -57,6 +57,12 @@ class TokenGaps:
         self.flush()
         return self.ring.view()
 
+    def between(self, start: float, end: float) -> np.ndarray:
+        """A copy of the rows with time in [start, end], buffered ones included (by binary search
+        when the tokens came in time order, as a simulator's do)."""
+        self.flush()
+        return self.ring.between(start, end)
+
     def covers(self, start: float) -> bool:
         """True when no gap at or after `start` has been dropped."""
         return self.ring.covers(start)

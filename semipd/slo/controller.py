@@ -366,7 +366,9 @@ class SLOAwareResourceController:
     def get_controller_status(self, num_decisions: int = 10) -> dict[str, Any]:
         """The seed's status dict: ``running``, ``current_allocation``, ``slo_constraints``,
         ``statistics`` (counts and ``success_rate``: successful / total adjustments, 0.0
-        before any) and ``recent_decisions`` (the last `num_decisions`, as dicts)."""
+        before any) and ``recent_decisions`` (the last `num_decisions`, as dicts); also
+        ``predictor``, ``monitoring_interval``, ``cooldown_seconds``, ``last_adjustment_time``
+        and ``last_load_shift_time`` (controller clock seconds, None before any)."""
         with self._state_lock:
             stats: dict[str, Any] = dict(self._stats)
         total = stats["total_adjustments"]
@@ -380,6 +382,7 @@ class SLOAwareResourceController:
             "monitoring_interval": self.monitoring_interval,
             "cooldown_seconds": self.cooldown_seconds,
             "last_adjustment_time": self._last_adjustment_time,
+            "last_load_shift_time": self._reader.shift_at,
             "statistics": stats,
             "recent_decisions": [d.as_dict() for d in self.get_recent_decisions(num_decisions)],
         }
