@@ -6,7 +6,8 @@
 For each policy: wall-clock seconds to simulate the trace (19,366 requests, ~4.1M output
 tokens, ~3,500 s of virtual time) on the default `SimConfig` (Llama-3.1-8B on an H100),
 events processed, iterations, and the run's SLO summary (default SLOs). The requirement is
-<= 60 s per policy on a 2-core machine. Writes JSON and prints a table.
+<= 60 s per policy on a 2-core machine. Writes JSON (with the 1-minute load average before and
+after: other work on the machine inflates the times) and prints a table.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trace not found: {args.trace}", file=sys.stderr)
         return 2
 
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     workload = load_azure_trace(args.trace)
     load_s = time.perf_counter() - t0
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "simulator speed: full Azure conversation trace, one run per policy",
         "date": datetime.date.today().isoformat(),
+        "load_average_1m": {"before": load_before, "after": os.getloadavg()[0]},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "python": platform.python_version()},
         "trace": {"path": str(args.trace), "load_s": load_s, **describe_workload(workload)},

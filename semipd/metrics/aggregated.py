@@ -2,8 +2,8 @@
 
 Latencies are in milliseconds (the seed's convention for this object); throughputs per
 second. A percentile with no samples is 0.0 (the seed tests ``> 0`` before using one).
-Arbitrary percentiles are available through `ttft_percentile(p)` / `tpot_percentile(p)`
-so the SLO algorithm can use the percentile the user configured.
+Arbitrary percentiles are available through `ttft_percentile(p)` / `tpot_percentile(p)` /
+`streaming_tpot_percentile(p)` so the SLO algorithm can use the percentile the user configured.
 """
 
 from __future__ import annotations

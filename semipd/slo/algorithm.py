@@ -256,9 +256,9 @@ class SLOAlgorithm:
             if min_gain > 0 and best.worst_ratio > current.worst_ratio * (1 - min_gain):
                 return None, (f"no split is predicted to lower the worst ratio by {min_gain:.0%} "
                               f"(best {best.worst_ratio:.3g}, current {current.worst_ratio:.3g}): keep")
-            return best.allocation, (f"{format_split(best.allocation)}: predicted to meet both SLOs (worst ratio "
-                                     f"{best.worst_ratio:.3g}), highest predicted throughput ({top:.3g}) of "
-                                     f"{len(feasible)} such split(s), the most headroom")
+            return best.allocation, (f"{format_split(best.allocation)}: highest predicted throughput ({top:.3g}) of "
+                                     f"{len(feasible)} split(s) predicted to meet both SLOs; worst ratio "
+                                     f"{best.worst_ratio:.3g}")
         if require_feasible:
             return None, "no candidate is predicted to meet both SLOs: keep (no violation to trade misses for)"
         best = min(candidates, key=lambda c: (c.worst_ratio, -(c.predicted_throughput or 0.0),

@@ -317,6 +317,7 @@ class SLOAwareResourceController:
                     f"({now - reader.fresh_from:.3g}s ago; {needed} needed)"), False
         if self._last_adjustment_time is None:
             return None, True
+        elapsed = now - self._last_adjustment_time
         window = metrics.window_end_time - metrics.window_start_time
         if not self.settle_on_window or elapsed >= window:
             return None, True
