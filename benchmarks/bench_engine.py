@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gemm-size", type=int, default=8192)
     p.add_argument("--quick", action="store_true", help="fewer iterations and sequences")
     p.add_argument("--profile", action="store_true", help="kernel times of the decode steps (torch.profiler, CUDA)")
+    p.add_argument("--trace-dir", type=Path, default=None, help="with --profile: write Chrome traces here")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = p.parse_args(argv)
@@ -165,17 +166,37 @@ def _release(engine: Engine, reqs: list[Request]) -> None:
         engine.allocator.free(r)
 
 
-def decode_step(engine: Engine, batch_size: int, context: int, iters: int, profile: bool) -> dict[str, Any]:
-    """Mean `ModelRunner.run` time of a decode batch, the host-only part of it (input arrays), and
-    with `profile` where the device time goes (`kernel_profile`)."""
+def _step_phases(engine: Engine, batch: Batch, iters: int) -> dict[str, float]:
+    """Mean ms of a graph decode step's phases: host arrays, staging + replay launch, wait for the tokens."""
+    runner, graphs = engine.runner, engine.graph_runner
+    total = {"host_inputs_ms": 0.0, "launch_ms": 0.0, "wait_ms": 0.0}
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        hb = runner.host_batch(batch)
+        t1 = time.perf_counter()
+        tokens, _, _ = graphs.decode(hb)
+        t2 = time.perf_counter()
+        tokens.tolist()
+        t3 = time.perf_counter()
+        for key, dt in zip(total, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            total[key] += dt * 1e3 / iters
+    return total
+
+
+def decode_step(engine: Engine, batch_size: int, context: int, iters: int, profile: bool,
+                trace_dir: Path | None) -> dict[str, Any]:
+    """Mean `ModelRunner.run` time of a decode batch, its phases (graphs only), and with `profile`
+    where the device time goes (`kernel_profile`)."""
     reqs = _requests(engine, [context] * batch_size, decode=True)
     batch = Batch(decodes=reqs)
     try:
         out: dict[str, Any] = {"step_ms": timed(lambda: engine.runner.run(batch), engine.device, iters) * 1e3}
-        out["host_inputs_ms"] = timed(lambda: engine.runner.host_batch(batch), torch.device("cpu"), iters) * 1e3
         out["graphed"] = engine.runner.last_run_graphed
+        if engine.graph_runner is not None:
+            out.update(_step_phases(engine, batch, iters))
         if profile and engine.device.type == "cuda":
-            out["profile"] = kernel_profile(lambda: engine.runner.run(batch), steps=5)
+            trace = None if trace_dir is None else trace_dir / f"trace_decode_b{batch_size}.json"
+            out["profile"] = kernel_profile(lambda: engine.runner.run(batch), steps=5, trace=trace)
             saved, engine.runner.graph_runner = engine.runner.graph_runner, None
             try:
                 out["profile_eager"] = kernel_profile(lambda: engine.runner.run(batch), steps=5)
@@ -187,13 +208,13 @@ def decode_step(engine: Engine, batch_size: int, context: int, iters: int, profi
 
 
 _KERNEL_GROUPS = (("attention", ("_decode_stage", "_prefill_kernel")), ("rms_norm", ("_rms_norm",)),
-                  ("rope", ("_rope",)), ("kv_store", ("_store_kvcache",)), ("silu_mul", ("_silu_and_mul",)),
-                  ("sampling", ("_sample_stage", "argmax", "reduce")),
-                  ("linear", ("gemm", "gemv", "cutlass", "xmma", "nvjet", "splitk", "_gemv")))
+                  ("rope_kv_store", ("_rope", "_store_kvcache")), ("silu_mul", ("_silu_and_mul",)),
+                  ("sampling", ("_sample_stage",)), ("linear", ("gemm", "gemv", "cutlass", "xmma", "nvjet", "splitK")))
 
 
-def kernel_profile(fn: Callable[[], Any], steps: int) -> dict[str, Any]:
-    """Kernel time per step under torch.profiler: total, by group, the top kernels, and the step's wall time."""
+def kernel_profile(fn: Callable[[], Any], steps: int, trace: Path | None = None) -> dict[str, Any]:
+    """Kernel time per step under torch.profiler: total, by group, the top kernels, and the step's wall
+    time; with `trace`, the Chrome trace of the profiled steps is written there."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -205,6 +226,8 @@ def kernel_profile(fn: Callable[[], Any], steps: int) -> dict[str, Any]:
             fn()
         torch.cuda.synchronize()
         wall = (time.perf_counter() - start) / steps
+    if trace is not None:
+        prof.export_chrome_trace(str(trace))
     kernels = [(e.key, e.count / steps, e.self_device_time_total / steps) for e in prof.key_averages()
                if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
     kernels.sort(key=lambda k: -k[2])
@@ -408,8 +431,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         results["engine_status"] = engine.get_status()
         context_1, context_64 = min(512, max_model_len - 1), min(1024, max_model_len - 1)
         prefill_lens = [min(args.prefill_len, max_model_len - 1)] * 4
-        _measure(results, errors, "decode_b1", lambda: decode_step(engine, 1, context_1, iters * 5, args.profile))
-        _measure(results, errors, "decode_b64", lambda: decode_step(engine, 64, context_64, iters * 2, args.profile))
+        _measure(results, errors, "decode_b1",
+                 lambda: decode_step(engine, 1, context_1, iters * 5, args.profile, args.trace_dir))
+        _measure(results, errors, "decode_b64",
+                 lambda: decode_step(engine, 64, context_64, iters * 2, args.profile, args.trace_dir))
         _measure(results, errors, "prefill_4x2048", lambda: prefill_step(engine, prefill_lens, max(2, iters // 2)))
         _measure(results, errors, "offline",
                  lambda: offline_throughput(engine, args.num_seqs, args.len_range, args.seed))

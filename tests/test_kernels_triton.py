@@ -208,6 +208,42 @@ def sampling_matches_reference() -> None:
 
 
 @case
+def rope_and_store_matches_the_unfused_ops() -> None:
+    from semipd.engine.kernels import apply_rope_torch, build_rope_cache, store_kvcache_torch
+    from semipd.engine.kernels.triton_rope_store import rope_and_store_kvcache_triton
+
+    for dtype, head_dim, (hq, hkv) in ((torch.float32, 32, (4, 2)), (torch.float16, 24, (6, 3))):
+        cache = build_rope_cache(head_dim, 64, 10000.0)
+        tokens = 6
+        qkv = torch.randn(tokens, (hq + 2 * hkv) * head_dim).to(dtype)
+        q, k, v = (t.view(tokens, -1, head_dim) for t in qkv.split([hq * head_dim, hkv * head_dim, hkv * head_dim], 1))
+        positions = torch.tensor([0, 5, 63, 2, 2, 40])
+        slots = torch.tensor([3, -1, 17, 0, 30, 9])
+        caches = [torch.randn(4, 8, hkv, head_dim).to(dtype) for _ in range(2)]
+        refs = [c.clone() for c in caches]
+        rq, rk = apply_rope_torch(q.clone(), k.clone(), positions, cache)
+        store_kvcache_torch(rk, v, *refs, slots)
+        rope_and_store_kvcache_triton(q, k, v, positions, cache, *caches, slots)
+        _close(q, rq)
+        _close(caches[0], refs[0])
+        assert torch.equal(caches[1], refs[1])
+
+
+@case
+def mixed_batch_splits_prefill_and_decode_kernels() -> None:
+    from semipd.engine.attention import get_backend
+    from semipd.engine.kernels.paged_batch import make_paged_batch
+
+    for seq_lens, q_lens in (([20, 9, 33, 50, 7], [20, 4, 1, 1, 1]), ([40, 17], [3, 1])):
+        b = make_paged_batch(seq_lens, q_lens, 8, 2, 16, 8, seed=3)
+        meta = b.metadata()
+        meta.num_decodes = sum(1 for q in q_lens[1:] if q == 1)
+        outs = [get_backend(name).forward(b.q, b.k, b.v, b.k_cache, b.v_cache, meta, 0.25)
+                for name in ("triton", "torch")]
+        _close(outs[0], outs[1])
+
+
+@case
 def split_policy_and_configs() -> None:
     from semipd.engine.kernels.triton_decode_attention import DecodeConfig, num_decode_splits
     from semipd.engine.kernels.triton_prefill_attention import PrefillConfig, default_prefill_config

@@ -73,7 +73,8 @@ class ModelRunner:
                                     hb.block_tables, hb.sample_rows, s.temperatures, s.top_ks, s.top_ps, s.seeds,
                                     s.steps])
         meta = AttentionMetadata(is_decode=hb.is_decode, slot_mapping=slots, block_tables=tables, seq_lens=seq_lens,
-                                 cu_seqlens_q=cu, max_seqlen_q=hb.max_seqlen_q, max_seqlen_k=hb.max_seqlen_k)
+                                 cu_seqlens_q=cu, max_seqlen_q=hb.max_seqlen_q, max_seqlen_k=hb.max_seqlen_k,
+                                 num_decodes=0 if hb.is_decode else len(batch.decodes))
         sampling = SamplingTensors(temperatures=temps, top_ks=top_ks, top_ps=top_ps, seeds=seeds, steps=steps,
                                    all_greedy=s.all_greedy, use_top_k_top_p=s.use_top_k_top_p)
         return PreparedBatch(ids, positions, meta, rows, hb.sampled, sampling)

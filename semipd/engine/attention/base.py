@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from semipd.engine.kernels.kvcache import store_kvcache
+
 
 @dataclass
 class AttentionMetadata:
@@ -42,19 +44,35 @@ class AttentionMetadata:
     """Largest new-token count in the batch (1 for decode)."""
     max_seqlen_k: int
     """Largest `seq_lens` entry (an upper bound is fine, e.g. under CUDA graphs)."""
+    num_decodes: int = 0
+    """In a batch that is not `is_decode`: how many of its last sequences have exactly one new
+    token (decode rows after the prefill chunks), so a backend may attend for them with its
+    decode kernel. 0 when unknown."""
 
 
 class AttentionBackend(ABC):
-    """Stores the new K/V into the paged cache, then attends.
+    """Attends over the paged KV cache; `forward` first stores the new K/V.
 
     Implementations must not synchronise with the host (no ``.item()``, no
-    ``.tolist()``) in `forward` when ``meta.is_decode`` so that decode can be captured
+    ``.tolist()``) in `attend` when ``meta.is_decode`` so that decode can be captured
     in a CUDA graph.
     """
 
     name: str = "?"
 
     @abstractmethod
+    def attend(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """Causal attention of q [T, num_heads, head_dim] over the cache, whose K/V for the new
+        tokens are already stored. Returns [T, num_heads, head_dim] in q's dtype. num_heads is a
+        multiple of num_kv_heads (grouped-query attention)."""
+
     def forward(
         self,
         q: torch.Tensor,
@@ -65,11 +83,9 @@ class AttentionBackend(ABC):
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
-        """q: [T, num_heads, head_dim]; k, v: [T, num_kv_heads, head_dim].
-
-        Returns [T, num_heads, head_dim] in q's dtype. num_heads is a multiple of
-        num_kv_heads (grouped-query attention).
-        """
+        """Store k, v [T, num_kv_heads, head_dim] at ``meta.slot_mapping``, then `attend`."""
+        store_kvcache(k, v, k_cache, v_cache, meta.slot_mapping)
+        return self.attend(q, k_cache, v_cache, meta, scale)
 
 
 _REGISTRY: dict[str, Callable[[], AttentionBackend]] = {}

@@ -1,7 +1,7 @@
 """The reference attention backend ("torch"): plain torch over the paged KV cache.
 
-It stores the new K/V through the slot mapping, gathers each sequence's cached K/V through
-its block table and applies causal attention with the position rule of
+It gathers each sequence's cached K/V (the new tokens' stored first) through its block
+table and applies causal attention with the position rule of
 `semipd.engine.attention.base` (query row j of sequence i sits at position
 ``seq_lens[i] - q_len_i + j``). Arithmetic is fp32; the output has q's dtype. It is the CPU
 engine's backend and the oracle the Triton kernels are tested against.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from semipd.engine.attention.base import AttentionBackend, AttentionMetadata, register_backend
-from semipd.engine.kernels.kvcache import store_kvcache_torch
 
 _SCORE_BUDGET = 1 << 26
 """Score elements (fp32) computed at once per sequence; longer prefills go in query chunks."""
@@ -106,17 +105,14 @@ class TorchAttentionBackend(AttentionBackend):
 
     name = "torch"
 
-    def forward(
+    def attend(
         self,
         q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
-        store_kvcache_torch(k, v, k_cache, v_cache, meta.slot_mapping)
         if meta.is_decode:
             return paged_decode_attention_torch(
                 q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seqlen_k, scale

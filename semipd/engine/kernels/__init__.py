@@ -16,11 +16,14 @@ from semipd.engine.kernels.activation import silu_and_mul, silu_and_mul_torch
 from semipd.engine.kernels.kvcache import store_kvcache, store_kvcache_torch
 from semipd.engine.kernels.norm import rms_norm, rms_norm_torch
 from semipd.engine.kernels.rope import apply_rope, apply_rope_torch, build_rope_cache
+from semipd.engine.kernels.rope_store import rope_and_store_kvcache, rope_and_store_kvcache_torch
 
 _LAZY: dict[str, str] = {
     "rms_norm_triton": "semipd.engine.kernels.triton_norm",
     "apply_rope_triton": "semipd.engine.kernels.triton_rope",
     "store_kvcache_triton": "semipd.engine.kernels.triton_kvcache",
+    "rope_and_store_kvcache_triton": "semipd.engine.kernels.triton_rope_store",
+    "sample_tokens_triton": "semipd.engine.kernels.triton_sampling",
     "silu_and_mul_triton": "semipd.engine.kernels.triton_activation",
     "prefill_attention_triton": "semipd.engine.kernels.triton_prefill_attention",
     "decode_attention_triton": "semipd.engine.kernels.triton_decode_attention",
@@ -32,6 +35,8 @@ __all__ = [
     "build_rope_cache",
     "rms_norm",
     "rms_norm_torch",
+    "rope_and_store_kvcache",
+    "rope_and_store_kvcache_torch",
     "silu_and_mul",
     "silu_and_mul_torch",
     "store_kvcache",

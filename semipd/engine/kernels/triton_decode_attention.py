@@ -186,8 +186,10 @@ def decode_attention_triton(
     scale: float,
     num_splits: int | None = None,
     config: DecodeConfig | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One query per sequence: q [B, Hq, D] over the paged caches; returns [B, Hq, D].
+    """One query per sequence: q [B, Hq, D] over the paged caches; returns [B, Hq, D]
+    (written into `out` when given: [B, Hq, D], head_dim contiguous).
 
     `max_seqlen_k` is a static bound on ``seq_lens`` (it only sets the split count);
     `num_splits` overrides the split policy. The split count is rounded up to a power of
@@ -204,7 +206,10 @@ def decode_attention_triton(
         num_splits = num_decode_splits(batch, num_kv_heads, max_seqlen_k, device_sm_count(q.device), cfg)
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1, got {num_splits}")
-    out = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.stride(-1) != 1:
+        raise ValueError("decode attention: out must have q's shape, head_dim contiguous")
     if batch == 0:
         return out
     group = num_heads // num_kv_heads

@@ -230,8 +230,10 @@ def prefill_attention_triton(
     max_seqlen_q: int,
     scale: float,
     config: PrefillConfig | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal varlen attention of q [T, Hq, D] over the paged caches; returns [T, Hq, D].
+    """Causal varlen attention of q [T, Hq, D] over the paged caches; returns [T, Hq, D]
+    (written into `out` when given: [T, Hq, D], head_dim contiguous).
 
     `max_seqlen_q` bounds the new-token count of any sequence (it sizes the grid).
     Rows outside ``cu_seqlens_q[-1]`` are left uninitialised.
@@ -244,7 +246,10 @@ def prefill_attention_triton(
         raise ValueError("prefill attention: caches must share a layout; head_dim must be contiguous")
     batch = seq_lens.shape[0]
     cfg = config or auto_prefill_config(head_dim, num_heads, batch, max_seqlen_q, device_sm_count(q.device))
-    out = torch.empty_like(q)
+    if out is None:
+        out = torch.empty_like(q)
+    elif out.shape != q.shape or out.stride(-1) != 1:
+        raise ValueError("prefill attention: out must have q's shape, head_dim contiguous")
     if num_tokens == 0 or batch == 0 or max_seqlen_q == 0:
         return out
     grid = (num_heads, triton.cdiv(max_seqlen_q, cfg.block_m), batch)

@@ -2,7 +2,7 @@
 
     token ids -> embedding
     per layer:  RMSNorm(+residual) -> fused QKV projection (+bias: Qwen2)
-                -> per-head q/k RMSNorm (Qwen3) -> RoPE -> paged attention -> o_proj
+                -> per-head q/k RMSNorm (Qwen3) -> RoPE + K/V cache write -> paged attention -> o_proj
                 RMSNorm(+residual) -> fused gate_up projection -> SiLU(gate) * up -> down
     final RMSNorm -> lm_head, only on the rows that get a token sampled
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from semipd.engine.attention.base import AttentionBackend, AttentionMetadata
 from semipd.engine.config import ModelConfig
-from semipd.engine.kernels import apply_rope, build_rope_cache, rms_norm, silu_and_mul
+from semipd.engine.kernels import build_rope_cache, rms_norm, rope_and_store_kvcache, silu_and_mul
 
 KVCaches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -81,8 +81,8 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        apply_rope(q, k, positions, cos_sin_cache)
-        out = self.backend.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
+        rope_and_store_kvcache(q, k, v, positions, cos_sin_cache, kv_cache[0], kv_cache[1], meta.slot_mapping)
+        out = self.backend.attend(q, kv_cache[0], kv_cache[1], meta, self.scale)
         return self.o_proj(out.reshape(t, self.q_size))
 
 
