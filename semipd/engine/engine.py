@@ -63,6 +63,33 @@ def load_tokenizer(config: EngineConfig, eos_token_ids: tuple[int, ...], bos_tok
     return ByteTokenizer(vocab_size, bos_token_id, eos_token_ids)
 
 
+def check_request(prompt_token_ids: list[int], params: SamplingParams, max_model_len: int, vocab_size: int) -> None:
+    """Raise ValueError if a request can never run (empty or too long prompt, bad token ids)."""
+    if not isinstance(params, SamplingParams):
+        raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
+    n = len(prompt_token_ids)
+    if n == 0:
+        raise ValueError("prompt_token_ids must not be empty")
+    if n >= max_model_len:
+        raise ValueError(f"prompt has {n} tokens; max_model_len is {max_model_len} and at least one "
+                         "output token must fit")
+    if not all(isinstance(t, int) and 0 <= t < vocab_size for t in prompt_token_ids):
+        raise ValueError(f"prompt_token_ids must be ints in [0, {vocab_size})")
+
+
+def build_request(rid: str, prompt_token_ids: list[int], params: SamplingParams, seed: int, *,
+                  eos_token_ids: frozenset[int], tokenizer: Tokenizer | None, max_model_len: int,
+                  arrival_time: float) -> Request:
+    """A scheduler `Request` carrying the engine's per-request state (`Sequence`): stop ids, seed,
+    detokenizer, and ``max_tokens`` capped by ``max_model_len``."""
+    prompt = list(prompt_token_ids)
+    stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_token_ids)
+    seq = Sequence(params=params, seed=seed, stop_ids=stop_ids,
+                   detokenizer=tokenizer.detokenizer(prompt) if tokenizer else None)
+    max_tokens = min(params.max_tokens, max_model_len - len(prompt))
+    return Request(rid, len(prompt), max_tokens, arrival_time, prompt_token_ids=prompt, payload=seq)
+
+
 class Engine:
     """Loads the model, sizes the KV cache, and runs scheduler iterations on it."""
 
@@ -118,32 +145,20 @@ class Engine:
     # -- requests -------------------------------------------------------------------------
     def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError if the request can never run (empty or too long prompt, bad token ids)."""
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
-        n = len(prompt_token_ids)
-        if n == 0:
-            raise ValueError("prompt_token_ids must not be empty")
-        if n >= self.max_model_len:
-            raise ValueError(f"prompt has {n} tokens; max_model_len is {self.max_model_len} and at least one "
-                             "output token must fit")
-        vocab = self.model_config.vocab_size
-        if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt_token_ids):
-            raise ValueError(f"prompt_token_ids must be ints in [0, {vocab})")
+        check_request(prompt_token_ids, params, self.max_model_len, self.model_config.vocab_size)
 
     def add_request(self, rid: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Queue a request. Raises ValueError for an invalid one or a duplicate live `rid`."""
         if rid in self._requests:
             raise ValueError(f"request id {rid!r} is already running")
         self.validate_request(prompt_token_ids, params)
-        prompt = list(prompt_token_ids)
-        stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.eos_token_ids)
-        seq = Sequence(params=params, seed=params.seed if params.seed is not None else self._seeds.getrandbits(63),
-                       stop_ids=stop_ids, detokenizer=self.tokenizer.detokenizer(prompt) if self.tokenizer else None)
-        max_tokens = min(params.max_tokens, self.max_model_len - len(prompt))
-        req = Request(rid, len(prompt), max_tokens, self._clock.now(), prompt_token_ids=prompt, payload=seq)
+        seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
+        req = build_request(rid, prompt_token_ids, params, seed, eos_token_ids=self.eos_token_ids,
+                            tokenizer=self.tokenizer, max_model_len=self.max_model_len,
+                            arrival_time=self._clock.now())
         self.scheduler.add_request(req)
         self._requests[rid] = req
-        self.metrics_collector.record_request_arrival(rid, len(prompt), timestamp=req.arrival_time)
+        self.metrics_collector.record_request_arrival(rid, req.num_prompt_tokens, timestamp=req.arrival_time)
 
     def abort(self, rid: str) -> None:
         """Drop request `rid` wherever it is and free its KV blocks (no-op for an unknown id)."""

@@ -30,7 +30,7 @@ import torch
 from semipd.allocation import SMAllocation
 from semipd.clock import Clock
 from semipd.engine.cuda_graphs import GraphRunner
-from semipd.engine.engine import load_tokenizer, resolve_device
+from semipd.engine.engine import build_request, check_request, load_tokenizer, resolve_device
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.kv_cache import KVCache, KVCacheSpec, cpu_num_blocks, cuda_num_blocks, profile_activation_peak
 from semipd.engine.loader import load_model, resolve_model_config
@@ -39,7 +39,6 @@ from semipd.engine.request_book import RequestBook
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
 from semipd.engine.semipd_config import SemiPDConfig
 from semipd.engine.semipd_setup import GraphCapture, build_partition_manager, capture_partition_graphs
-from semipd.engine.sequence import Sequence
 from semipd.engine.tokenizer import Tokenizer
 from semipd.engine.workers import DecodeWorker, PrefillWorker, Worker, WorkerContext
 from semipd.metrics import SemiPDMetricsCollector
@@ -203,32 +202,19 @@ class SemiPDEngine:
     # -- requests -------------------------------------------------------------------------------
     def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Raise ValueError if the request can never run (empty or too long prompt, bad token ids)."""
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
-        n = len(prompt_token_ids)
-        if n == 0:
-            raise ValueError("prompt_token_ids must not be empty")
-        if n >= self.max_model_len:
-            raise ValueError(f"prompt has {n} tokens; max_model_len is {self.max_model_len} and at least one "
-                             "output token must fit")
-        vocab = self.model_config.vocab_size
-        if not all(isinstance(t, int) and 0 <= t < vocab for t in prompt_token_ids):
-            raise ValueError(f"prompt_token_ids must be ints in [0, {vocab})")
+        check_request(prompt_token_ids, params, self.max_model_len, self.model_config.vocab_size)
 
     def add_request(self, rid: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Queue a request (thread-safe). Raises ValueError for an invalid one or a duplicate live `rid`."""
         self.validate_request(prompt_token_ids, params)
-        prompt = list(prompt_token_ids)
-        stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else self.eos_token_ids)
         with self._add_lock:
             seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
-        seq = Sequence(params=params, seed=seed, stop_ids=stop_ids,
-                       detokenizer=self.tokenizer.detokenizer(prompt) if self.tokenizer else None)
-        max_tokens = min(params.max_tokens, self.max_model_len - len(prompt))
-        req = Request(rid, len(prompt), max_tokens, self._clock.now(), prompt_token_ids=prompt, payload=seq)
+        req = build_request(rid, prompt_token_ids, params, seed, eos_token_ids=self.eos_token_ids,
+                            tokenizer=self.tokenizer, max_model_len=self.max_model_len,
+                            arrival_time=self._clock.now())
         check_fits(self.allocator, req)
         self._book.add(req)
-        self.metrics_collector.record_request_arrival(rid, len(prompt), timestamp=req.arrival_time)
+        self.metrics_collector.record_request_arrival(rid, req.num_prompt_tokens, timestamp=req.arrival_time)
         self.prefill_scheduler.add_request(req)
         self.prefill_worker.wake()
 
