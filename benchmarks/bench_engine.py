@@ -31,6 +31,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -429,6 +430,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if engine is not None:
         results["engine_start_s"] = time.perf_counter() - start
         results["engine_status"] = engine.get_status()
+        results["skinny_linear"] = [asdict(t) for t in engine.model.skinny.timings]
         context_1, context_64 = min(512, max_model_len - 1), min(1024, max_model_len - 1)
         prefill_lens = [min(args.prefill_len, max_model_len - 1)] * 4
         _measure(results, errors, "decode_b1",
@@ -492,6 +494,10 @@ def print_table(report: dict[str, Any]) -> None:
               f"{g['token_match_fraction']:.3f} of tokens; graphs captured: {g['graphs_captured']}); logits error "
               f"{g['logits_rel_error']:.2e}; margins at first divergences "
               f"{[round(m, 4) for m in g['first_divergence_margins']]}")
+    for t in r.get("skinny_linear", []):
+        if t["chosen"] != "cublas":
+            print(f"  skinny matmul {t['n']}x{t['k']} rows {t['rows']:2d}: cuBLAS {t['cublas_us']:7.1f} us, "
+                  f"Triton {t['triton_us']:7.1f} us (kept)")
     for name, err in report["errors"].items():
         print(f"  FAILED {name}: {err}")
 

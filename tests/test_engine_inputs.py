@@ -150,3 +150,34 @@ def test_graph_runner_step_equals_eager(model) -> None:
         written = written.view(1, 1, cache.num_blocks, BS, 1, 1).expand_as(cache.data)
         assert torch.equal(cache.data[~written], before[~written])
         assert torch.allclose(cache.data[written], after[written], atol=1e-5)
+
+
+def test_graph_warm_up_reads_only_reset_inputs(model) -> None:
+    """Regression (device-side assert on the H100): the warm-up step before each capture ran on the
+    capture stream without waiting for the kernels that initialised the static buffers, and read
+    stale memory from an earlier engine as token ids. `capture` now orders its stream after the
+    current one, and the warm-up resets every static input first: garbage in them is harmless."""
+    cache = KVCache(KVCacheSpec.for_model(model.config, BS, model.dtype), 32, "cpu")
+    graphs = GraphRunner(model, cache, max_num_seqs=8, max_model_len=64)
+    for name in ("input_ids", "positions", "seq_lens", "slot_mapping", "steps"):
+        getattr(graphs, name).fill_(10**6)
+    graphs.temperatures.fill_(float("nan"))
+    graphs.block_tables.fill_(10**6)
+    before = cache.data.clone()
+    graphs.warm_up(8)
+    assert torch.equal(cache.data, before)  # padding rows write no K/V
+    assert graphs.tokens[:8].tolist() == graphs.logits[:8].float().argmax(-1).tolist()
+
+
+def test_skinny_plan_without_tuning_is_f_linear() -> None:
+    from semipd.engine.kernels.skinny_linear import SkinnyLinearPlan, row_bucket
+
+    assert [row_bucket(r) for r in (1, 2, 3, 5, 8, 9, 16)] == [1, 2, 4, 8, 8, 16, 16]
+    with pytest.raises(ValueError):
+        row_bucket(17)
+    plan = SkinnyLinearPlan()
+    x, w, b = torch.randn(3, 8), torch.randn(5, 8), torch.randn(5)
+    assert torch.allclose(plan.linear(x, w, b), torch.nn.functional.linear(x, w, b))
+    out = torch.empty(3, 5)
+    assert plan.linear(x, w, b, out=out) is out and torch.allclose(out, x @ w.t() + b)
+    assert torch.allclose(plan.linear(x, w, out=torch.empty(3, 5)), x @ w.t())

@@ -244,6 +244,26 @@ def mixed_batch_splits_prefill_and_decode_kernels() -> None:
 
 
 @case
+def skinny_matmul_tiles() -> None:
+    from semipd.engine.kernels.triton_gemv import CANDIDATES, GemvConfig, gemv_triton
+
+    for rows, n, k in ((1, 100, 300), (3, 64, 512), (16, 33, 257)):
+        x, w, b = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)
+        for cfg in (c for c in CANDIDATES if rows == 1 or c.dot):
+            _close(gemv_triton(x, w, b, cfg), x @ w.t() + b)
+        out = torch.empty(rows, n)
+        assert gemv_triton(x, w, None, GemvConfig(block_n=16, block_k=128), out=out) is out
+        _close(out, x @ w.t())
+    x, w = torch.randn(2, 64).half(), torch.randn(48, 64).half()
+    _close(gemv_triton(x, w), (x.float() @ w.float().t()).half())
+    try:
+        gemv_triton(torch.randn(2, 8), torch.randn(4, 8), config=GemvConfig(dot=False))
+    except ValueError:
+        return
+    raise AssertionError("two rows were accepted without dot")
+
+
+@case
 def split_policy_and_configs() -> None:
     from semipd.engine.kernels.triton_decode_attention import DecodeConfig, num_decode_splits
     from semipd.engine.kernels.triton_prefill_attention import PrefillConfig, default_prefill_config

@@ -99,7 +99,7 @@ class GraphRunner:
         """The captured work: forward, LM head into `logits`, sampling into `tokens`. Returns the hidden states."""
         hidden = self.model(self.input_ids[:bucket], self.positions[:bucket], self.kv_cache.layers,
                             self._meta(bucket))
-        logits = torch.mm(hidden, self.model.lm_head.weight.t(), out=self.logits[:bucket])
+        logits = self.model.lm_logits(hidden, out=self.logits[:bucket])
         self.tokens[:bucket].copy_(sample_tokens(logits, self.temperatures[:bucket], self.seeds[:bucket],
                                                  self.steps[:bucket]))
         return hidden
@@ -111,26 +111,48 @@ class GraphRunner:
     def is_captured(self, key: Hashable = "default") -> bool:
         return (key, self.buckets[-1]) in self._graphs
 
+    def reset_inputs(self) -> None:
+        """Fill every static input with padding (token 0, slot -1, length 0, greedy, zero block tables)
+        on the current stream."""
+        for name, value in _PAD.items():
+            getattr(self, name).fill_(value)
+        self.block_tables.zero_()
+
+    def warm_up(self, bucket: int) -> None:
+        """One padded step of `bucket` on the current stream, from freshly reset inputs: lazy
+        initialisation and kernel compilation before a capture."""
+        self.reset_inputs()
+        self._step(bucket)
+
     @torch.inference_mode()
     def capture(self, key: Hashable = "default", stream: torch.cuda.Stream | None = None) -> None:
         """Capture one graph per bucket under `key` on `stream` (default: a side stream)."""
-        if self.model.device.type != "cuda":
+        device = self.model.device
+        if device.type != "cuda":
             raise RuntimeError("CUDA graphs need a CUDA device")
         start = time.perf_counter()
-        stream = stream or torch.cuda.Stream(self.model.device)
+        stream = stream or torch.cuda.Stream(device)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        torch.cuda.synchronize(self.model.device)
+        # The static buffers (and the KV cache) were initialised by kernels on the current stream;
+        # the capture stream must not read them before those ran. Without this ordering the
+        # warm-up read whatever memory the caching allocator handed out (after an earlier engine
+        # in the same process freed its tensors: out-of-range token ids -> device-side assert).
+        stream.wait_stream(torch.cuda.current_stream(device))
+        if not self._graphs:
+            with torch.cuda.stream(stream):
+                self.model.tune_skinny_linears(max_rows=self.buckets[-1])
         for bucket in reversed(self.buckets):
             with torch.cuda.stream(stream):
-                self._step(bucket)  # warm-up: lazy init, kernel compilation
+                self.warm_up(bucket)
             stream.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool, stream=stream):
                 hidden = self._step(bucket)
             self._graphs[(key, bucket)] = graph
             self._hidden[(key, bucket)] = hidden
-        torch.cuda.synchronize(self.model.device)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        torch.cuda.synchronize(device)
         self.capture_seconds += time.perf_counter() - start
         logger.info("captured %d decode graphs (key %r) in %.2f s", len(self.buckets), key,
                     time.perf_counter() - start)

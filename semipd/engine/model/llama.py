@@ -23,6 +23,7 @@ from torch import nn
 from semipd.engine.attention.base import AttentionBackend, AttentionMetadata
 from semipd.engine.config import ModelConfig
 from semipd.engine.kernels import build_rope_cache, rms_norm, rope_and_store_kvcache, silu_and_mul
+from semipd.engine.kernels.skinny_linear import SkinnyLinearPlan
 
 KVCaches = Sequence[tuple[torch.Tensor, torch.Tensor]]
 
@@ -32,14 +33,18 @@ def _param(*shape: int, dtype: torch.dtype, device: torch.device) -> nn.Paramete
 
 
 class Linear(nn.Module):
-    """y = x W^T (+ b). Weight [out, in], as in the checkpoint."""
+    """y = x W^T (+ b). Weight [out, in], as in the checkpoint. Decode-sized inputs go through the
+    model's `SkinnyLinearPlan` (tuned kernels; ``F.linear`` until it is tuned)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, device: torch.device):
         super().__init__()
         self.weight = _param(out_features, in_features, dtype=dtype, device=device)
         self.bias = _param(out_features, dtype=dtype, device=device) if bias else None
+        self.plan: SkinnyLinearPlan | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.plan is not None:
+            return self.plan.linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -150,6 +155,11 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         else:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, False, dtype, device)
+        self.skinny = SkinnyLinearPlan()
+        """Kernel choices for decode-sized matmuls, shared by every `Linear` and the LM head."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.plan = self.skinny
         # float32 table: the RoPE kernels rotate in float32 whatever the model dtype.
         cos_sin = build_rope_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling,
                                    device, torch.float32)
@@ -179,9 +189,15 @@ class LlamaForCausalLM(nn.Module):
         """input_ids, positions: [T]; returns hidden states [T, hidden]."""
         return self.model(input_ids, positions, self.cos_sin_cache, kv_caches, meta)
 
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[N, hidden] -> [N, vocab] logits in the model dtype (the sampler reads them as they are)."""
-        return F.linear(hidden, self.lm_head.weight)
+    def lm_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """[N, hidden] -> [N, vocab] logits in the model dtype (the sampler reads them as they are),
+        into `out` when given."""
+        return self.skinny.linear(hidden, self.lm_head.weight, out=out)
+
+    def tune_skinny_linears(self, max_rows: int) -> None:
+        """Tune the kernels of decode-sized matmuls (at most `max_rows` rows) on this device (CUDA)."""
+        self.skinny.tune([m.weight for m in self.modules() if isinstance(m, Linear)] + [self.lm_head.weight],
+                         max_rows=max_rows)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] float32 logits."""
