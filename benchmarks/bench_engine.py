@@ -10,11 +10,16 @@ Measured in one run, each in its own try/except (a failure is recorded, the rest
 - copy bandwidth: device-to-device copy of ``--copy-mib`` MiB, (bytes read + written) / time;
 - GEMM rate: ``--gemm-size``^3 matmul in the model dtype, 2 n^3 / time;
 - decode step at batch 1 (context 512) vs the floor (weights read per step) / bandwidth;
-- decode step at batch 64 (context 1024) vs (weights + KV read) / bandwidth;
+- decode step at batch 64 (context 1024) vs (weights + KV read) / bandwidth; for both, the step's
+  host phases (input arrays, staging + graph launch, wait) and with ``--profile`` the device
+  kernels per step by group, graph and eager (``--trace-dir``: Chrome traces);
 - prefill of 4 x 2048 (``--prefill-len``) tokens vs FLOPs (2 x linear params x tokens + attention) / GEMM rate;
 - offline throughput: ``--num-seqs`` sequences, input and output lengths uniform in
-  ``--len-range`` (100..1024), ignore_eos, output tokens/s;
-- greedy outputs with CUDA graphs equal those without.
+  ``--len-range`` (100..1024), ignore_eos, output tokens/s, and the engine thread's time per step
+  (scheduling, inputs, device, scheduler update, the rest of `Engine.step`);
+- greedy outputs with CUDA graphs vs without: token agreement, graph vs eager logits on one
+  batch, and the logit margin at each sequence's first differing token (near-ties or not);
+- the skinny-matmul plan (cuBLAS vs Triton per weight shape and row bucket) the graphs use.
 
 A "step" is `ModelRunner.run`: input building, forward (graph replay for decode), logits,
 sampling and the host copy of the tokens. Writes ``--output`` (JSON) and prints a table.
@@ -43,6 +48,7 @@ from semipd.engine.engine import Engine
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.loader import resolve_model_config
 from semipd.engine.sampling_params import SamplingParams
+from semipd.engine.step_profile import MethodTimers, kernel_profile
 from semipd.sched.batch import Batch, PrefillChunk
 from semipd.sched.request import Request
 
@@ -208,40 +214,6 @@ def decode_step(engine: Engine, batch_size: int, context: int, iters: int, profi
     return out
 
 
-_KERNEL_GROUPS = (("attention", ("_decode_stage", "_prefill_kernel")), ("rms_norm", ("_rms_norm",)),
-                  ("rope_kv_store", ("_rope", "_store_kvcache")), ("silu_mul", ("_silu_and_mul",)),
-                  ("sampling", ("_sample_stage",)), ("linear", ("gemm", "gemv", "cutlass", "xmma", "nvjet", "splitK")))
-
-
-def kernel_profile(fn: Callable[[], Any], steps: int, trace: Path | None = None) -> dict[str, Any]:
-    """Kernel time per step under torch.profiler: total, by group, the top kernels, and the step's wall
-    time; with `trace`, the Chrome trace of the profiled steps is written there."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        start = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - start) / steps
-    if trace is not None:
-        prof.export_chrome_trace(str(trace))
-    kernels = [(e.key, e.count / steps, e.self_device_time_total / steps) for e in prof.key_averages()
-               if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
-    kernels.sort(key=lambda k: -k[2])
-    groups: dict[str, float] = {}
-    for name, _, us in kernels:
-        group = next((g for g, keys in _KERNEL_GROUPS if any(k in name for k in keys)), "other")
-        groups[group] = groups.get(group, 0.0) + us / 1e3
-    total = sum(us for _, _, us in kernels) / 1e3
-    return {"wall_ms": wall * 1e3, "kernel_ms": total, "kernels_per_step": sum(c for _, c, _ in kernels),
-            "idle_ms": wall * 1e3 - total, "groups_ms": groups,
-            "top": [{"kernel": name[:90], "calls": calls, "ms": us / 1e3} for name, calls, us in kernels[:15]]}
-
-
 def prefill_step(engine: Engine, seq_lens: list[int], iters: int) -> dict[str, float]:
     reqs = _requests(engine, seq_lens, decode=False)
     batch = Batch(prefills=[PrefillChunk(r, 0, r.num_prompt_tokens, True) for r in reqs])
@@ -250,33 +222,6 @@ def prefill_step(engine: Engine, seq_lens: list[int], iters: int) -> dict[str, f
     finally:
         _release(engine, reqs)
     return {"step_ms": seconds * 1e3}
-
-
-class _Timers:
-    """Wall time spent in chosen methods of live objects (wrapped in place, restored by `restore`)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._saved: list[tuple[Any, str, Any]] = []
-
-    def wrap(self, obj: Any, method: str, label: str) -> None:
-        original = getattr(obj, method)
-        self.seconds[label] = 0.0
-
-        def timed_call(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self.seconds[label] += time.perf_counter() - start
-
-        self._saved.append((obj, method, original))
-        setattr(obj, method, timed_call)
-
-    def restore(self) -> None:
-        for obj, method, _ in reversed(self._saved):
-            delattr(obj, method)  # the instance attribute; the class method shows again
-        self._saved.clear()
 
 
 def offline_throughput(engine: Engine, num_seqs: int, len_range: tuple[int, int], seed: int) -> dict[str, Any]:
@@ -292,7 +237,7 @@ def offline_throughput(engine: Engine, num_seqs: int, len_range: tuple[int, int]
         total_out += n_out
         engine.add_request(f"offline-{i}", [rng.randrange(vocab) for _ in range(n_in)],
                            SamplingParams(max_tokens=n_out, ignore_eos=True, temperature=0.0))
-    timers = _Timers()
+    timers = MethodTimers()
     timers.wrap(engine.scheduler, "schedule", "schedule")
     timers.wrap(engine.runner, "host_batch", "inputs")
     timers.wrap(engine.runner, "run", "run")

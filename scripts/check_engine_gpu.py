@@ -277,6 +277,9 @@ def _agreement(a: list[list[int]], b: list[list[int]]) -> float:
     return sum(p == q for x, y in zip(a, b, strict=True) for p, q in zip(x, y, strict=True)) / total
 
 
+ASYNC_TIMEOUT_S = 60.0
+
+
 def _check_async(model_dir: str, common: dict) -> tuple[float, float]:
     llm = LLM(model_dir, **common)
     a = AsyncEngine(llm.engine)
@@ -295,7 +298,7 @@ def _check_async(model_dir: str, common: dict) -> tuple[float, float]:
         return sum(c == 64 for c in counts)
 
     try:
-        finished = asyncio.run(main())
+        finished = asyncio.run(asyncio.wait_for(main(), ASYNC_TIMEOUT_S))  # a dead engine thread must not hang us
         for _ in range(500):
             status = a.get_status()
             if status["num_unfinished"] == 0:

@@ -45,11 +45,16 @@ class StepError(RuntimeError):
 
 
 def resolve_device(device: str) -> torch.device:
+    """The engine's device; a CUDA device always with its index (``torch.cuda.set_device``, which
+    the engine's threads call, refuses one without)."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but CUDA is not available")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", torch.cuda.current_device())
+    return resolved
 
 
 def load_tokenizer(config: EngineConfig, eos_token_ids: tuple[int, ...], bos_token_id: int | None,
