@@ -8,6 +8,10 @@ weight shape and row bucket (1, 2, 4, 8, 16), and keeps a Triton tile only where
 cuBLAS by a clear margin. `linear` then dispatches: inputs of more rows, other devices,
 float32 weights and untuned shapes take ``F.linear``. Rows are rounded up to their bucket
 for the choice, so a batch and its CUDA-graph bucket run the same kernel.
+
+Known limit: each timing repeats calls on one weight, so a weight smaller than the L2 cache
+(50 MiB on an H100) is timed L2-resident, unlike in a model whose layers each read their own
+weights from memory; choices for such shapes may differ from what cold timings would pick.
 """
 
 from __future__ import annotations
