@@ -86,3 +86,16 @@ def test_byte_tokenizer() -> None:
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}]) == "<|user|>\nhi\n<|assistant|>\n"
     with pytest.raises(ValueError, match="vocab_size"):
         ByteTokenizer(100)
+
+
+def test_long_silent_runs_keep_the_window_bounded() -> None:
+    from semipd.engine.tokenizer import ByteTokenizer, IncrementalDetokenizer
+
+    tok = ByteTokenizer(512, None, (2,))
+    detok = IncrementalDetokenizer(tok, tok.encode("hi ", add_special_tokens=False))
+    for _ in range(1000):
+        assert detok.add(300) == ""  # ids >= 256 decode to nothing
+    assert len(detok._ids) <= IncrementalDetokenizer._MAX_SILENT + IncrementalDetokenizer._CONTEXT + 1
+    for t in "é ok".encode():
+        detok.add(t)
+    assert detok.text == "é ok"

@@ -150,6 +150,9 @@ class IncrementalDetokenizer:
     """
 
     _CONTEXT = 5
+    _MAX_SILENT = 32
+    """Tokens that produced no text at all (special or unprintable ids) are dropped from the window
+    past this many, so a long silent run costs O(1) per token instead of re-decoding it all."""
 
     def __init__(self, tokenizer: Tokenizer, prompt_token_ids: Sequence[int], skip_special_tokens: bool = True):
         self._tok = tokenizer
@@ -164,6 +167,9 @@ class IncrementalDetokenizer:
         prefix = self._tok.decode(self._ids[:self._read_offset], self._skip)
         full = self._tok.decode(self._ids, self._skip)
         if len(full) <= len(prefix) or full.endswith("\ufffd"):
+            if full == prefix and len(self._ids) - self._read_offset > self._MAX_SILENT:
+                del self._ids[:len(self._ids) - self._CONTEXT]
+                self._read_offset = len(self._ids)
             return ""
         delta = full[len(prefix):]
         # Only the window from the new prefix offset is ever decoded again.
