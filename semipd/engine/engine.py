@@ -25,6 +25,7 @@ from semipd.engine.cuda_graphs import GraphRunner
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.kv_cache import KVCache, KVCacheSpec, cpu_num_blocks, cuda_num_blocks, profile_activation_peak
 from semipd.engine.loader import load_model, resolve_model_config
+from semipd.engine.model.llama import LlamaForCausalLM
 from semipd.engine.model_runner import ModelRunner
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
 from semipd.engine.sequence import Sequence
@@ -68,6 +69,36 @@ def load_tokenizer(config: EngineConfig, eos_token_ids: tuple[int, ...], bos_tok
     return ByteTokenizer(vocab_size, bos_token_id, eos_token_ids)
 
 
+def load_engine_model(config: EngineConfig,
+                      device: torch.device) -> tuple[LlamaForCausalLM, int, Tokenizer, frozenset[int]]:
+    """The model on `device`, the effective ``max_model_len``, the tokenizer and every EOS id
+    (the config's, generation_config's and the tokenizer's)."""
+    model_config, _ = resolve_model_config(config.model)
+    if config.max_model_len is not None and config.max_model_len > model_config.max_position_embeddings:
+        raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's max_position_embeddings "
+                         f"{model_config.max_position_embeddings}")
+    max_model_len = config.max_model_len or model_config.max_position_embeddings
+    model = load_model(config.model, config.load_format, config.dtype, device, config.attention_backend, config.seed)
+    tokenizer = load_tokenizer(config, model_config.eos_token_ids, model_config.bos_token_id, model_config.vocab_size)
+    eos = frozenset(tokenizer.eos_token_ids) | frozenset(model_config.eos_token_ids)
+    return model, max_model_len, tokenizer, eos
+
+
+def allocate_kv_cache(config: EngineConfig, model: LlamaForCausalLM, device: torch.device,
+                      max_model_len: int) -> KVCache:
+    """The paged KV cache: `config.num_kv_blocks` (or a small CPU default), else sized from free CUDA
+    memory after a profiled activation peak, times ``gpu_memory_utilization``."""
+    spec = KVCacheSpec.for_model(model.config, config.block_size, model.dtype)
+    if config.num_kv_blocks is not None or device.type != "cuda":
+        num_blocks = cpu_num_blocks(spec, config.num_kv_blocks)
+    else:
+        peak = profile_activation_peak(model, config.max_num_batched_tokens, max_model_len, config.block_size)
+        num_blocks = cuda_num_blocks(spec, device, config.gpu_memory_utilization, peak)
+    logger.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, config.block_size,
+                num_blocks * spec.bytes_per_block / 2**30)
+    return KVCache(spec, num_blocks, device)
+
+
 def check_request(prompt_token_ids: list[int], params: SamplingParams, max_model_len: int, vocab_size: int) -> None:
     """Raise ValueError if a request can never run (empty or too long prompt, bad token ids)."""
     if not isinstance(params, SamplingParams):
@@ -103,19 +134,10 @@ class Engine:
             raise ValueError(f"Engine runs mode 'unified'; build mode {config.mode!r} with create_engine(config)")
         self.config = config
         self.device = resolve_device(config.device)
-        model_config, _ = resolve_model_config(config.model)
-        if config.max_model_len is not None and config.max_model_len > model_config.max_position_embeddings:
-            raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's max_position_embeddings "
-                             f"{model_config.max_position_embeddings}")
-        self.max_model_len: int = config.max_model_len or model_config.max_position_embeddings
         self.model_name = config.model
-        self.model = load_model(config.model, config.load_format, config.dtype, self.device,
-                                config.attention_backend, config.seed)
+        self.model, self.max_model_len, self.tokenizer, self.eos_token_ids = load_engine_model(config, self.device)
         self.model_config = self.model.config
-        self.tokenizer: Tokenizer | None = load_tokenizer(config, model_config.eos_token_ids,
-                                                          model_config.bos_token_id, model_config.vocab_size)
-        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids)  # the config's, generation_config's, tokenizer's
-        self.kv_cache = self._allocate_kv_cache()
+        self.kv_cache = allocate_kv_cache(config, self.model, self.device, self.max_model_len)
         self.graph_runner: GraphRunner | None = None
         if not config.enforce_eager:
             self.graph_runner = GraphRunner(self.model, self.kv_cache, config.max_num_seqs, self.max_model_len)
@@ -134,18 +156,6 @@ class Engine:
         self._seeds = random.Random(config.seed)
         self.num_steps = 0
         self._finished_preemptions = 0
-
-    def _allocate_kv_cache(self) -> KVCache:
-        cfg = self.config
-        spec = KVCacheSpec.for_model(self.model_config, cfg.block_size, self.model.dtype)
-        if cfg.num_kv_blocks is not None or self.device.type != "cuda":
-            num_blocks = cpu_num_blocks(spec, cfg.num_kv_blocks)
-        else:
-            peak = profile_activation_peak(self.model, cfg.max_num_batched_tokens, self.max_model_len, cfg.block_size)
-            num_blocks = cuda_num_blocks(spec, self.device, cfg.gpu_memory_utilization, peak)
-        logger.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, cfg.block_size,
-                    num_blocks * spec.bytes_per_block / 2**30)
-        return KVCache(spec, num_blocks, self.device)
 
     # -- requests -------------------------------------------------------------------------
     def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:

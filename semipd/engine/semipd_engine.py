@@ -25,21 +25,16 @@ import sys
 import threading
 from typing import Any
 
-import torch
-
 from semipd.allocation import SMAllocation
 from semipd.clock import Clock
 from semipd.engine.cuda_graphs import GraphRunner
-from semipd.engine.engine import build_request, check_request, load_tokenizer, resolve_device
+from semipd.engine.engine import allocate_kv_cache, build_request, check_request, load_engine_model, resolve_device
 from semipd.engine.engine_config import EngineConfig
-from semipd.engine.kv_cache import KVCache, KVCacheSpec, cpu_num_blocks, cuda_num_blocks, profile_activation_peak
-from semipd.engine.loader import load_model, resolve_model_config
 from semipd.engine.model_runner import ModelRunner
 from semipd.engine.request_book import RequestBook
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
 from semipd.engine.semipd_config import SemiPDConfig
 from semipd.engine.semipd_setup import GraphCapture, build_partition_manager, capture_partition_graphs
-from semipd.engine.tokenizer import Tokenizer
 from semipd.engine.workers import DecodeWorker, PrefillWorker, Worker, WorkerContext
 from semipd.metrics import SemiPDMetricsCollector
 from semipd.sched import (
@@ -65,25 +60,13 @@ class SemiPDEngine:
             raise ValueError(f"SemiPDEngine runs mode 'semi-pd', got mode {config.mode!r}")
         self.config = config
         self.semipd = config.semipd or SemiPDConfig()
-        device = resolve_device(config.device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())  # worker threads need the index
-        self.device = device
-        model_config, _ = resolve_model_config(config.model)
-        if config.max_model_len is not None and config.max_model_len > model_config.max_position_embeddings:
-            raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's max_position_embeddings "
-                             f"{model_config.max_position_embeddings}")
-        self.max_model_len: int = config.max_model_len or model_config.max_position_embeddings
+        self.device = resolve_device(config.device)
         self.model_name = config.model
-        self.model = load_model(config.model, config.load_format, config.dtype, self.device,
-                                config.attention_backend, config.seed)
+        self.model, self.max_model_len, self.tokenizer, self.eos_token_ids = load_engine_model(config, self.device)
         self.model_config = self.model.config
-        self.tokenizer: Tokenizer | None = load_tokenizer(config, model_config.eos_token_ids,
-                                                          model_config.bos_token_id, model_config.vocab_size)
-        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(model_config.eos_token_ids)
         self.partitions = build_partition_manager(self.device, self.semipd)
         self.partitions.start()
-        self.kv_cache = self._allocate_kv_cache()
+        self.kv_cache = allocate_kv_cache(config, self.model, self.device, self.max_model_len)
         self.graph_capture: GraphCapture | None = None
         graphs = None
         if not config.enforce_eager:
@@ -124,18 +107,6 @@ class SemiPDEngine:
         self._start()
 
     # -- set-up -------------------------------------------------------------------------------
-    def _allocate_kv_cache(self) -> KVCache:
-        cfg = self.config
-        spec = KVCacheSpec.for_model(self.model_config, cfg.block_size, self.model.dtype)
-        if cfg.num_kv_blocks is not None or self.device.type != "cuda":
-            num_blocks = cpu_num_blocks(spec, cfg.num_kv_blocks)
-        else:
-            peak = profile_activation_peak(self.model, cfg.max_num_batched_tokens, self.max_model_len, cfg.block_size)
-            num_blocks = cuda_num_blocks(spec, self.device, cfg.gpu_memory_utilization, peak)
-        logger.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, cfg.block_size,
-                    num_blocks * spec.bytes_per_block / 2**30)
-        return KVCache(spec, num_blocks, self.device)
-
     def _build_controller(self) -> SLOAwareResourceController | None:
         """The SLO controller over the reachable splits (None when partitioning is off)."""
         if self.controller_mode == "off":
