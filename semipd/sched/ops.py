@@ -4,7 +4,10 @@ and the allocator's ownership in step."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from semipd.sched.base import StopChecker
+from semipd.sched.batch import PrefillChunk
 from semipd.sched.block_allocator import BlockAllocator
 from semipd.sched.request import Request, RequestState
 
@@ -73,3 +76,34 @@ def abort(request: Request, allocator: BlockAllocator) -> None:
     allocator.free(request)
     request.finish_reason = "abort"
     request.transition(RequestState.ABORTED)
+
+
+def apply_prefill_chunks(chunks: Sequence[PrefillChunk], tokens: Sequence[int] | None,
+                         stop_checker: StopChecker | None,
+                         allocator: BlockAllocator) -> tuple[list[Request], list[Request], int]:
+    """Record prefill chunks as computed; a last chunk's request gets its sampled token (one per
+    last chunk, in order, from `tokens`) and either finishes (blocks freed) or moves to
+    WAITING_DECODE. Requests aborted while the batch ran are skipped. Returns (moved to
+    WAITING_DECODE, finished, number of tokens consumed)."""
+    ready: list[Request] = []
+    finished: list[Request] = []
+    ti = 0
+    for c in chunks:
+        r = c.request
+        token = None
+        if c.is_last:
+            token = tokens[ti] if tokens is not None else None
+            ti += 1
+        if r.state is not RequestState.PREFILLING:
+            continue  # aborted while the batch ran
+        r.num_computed_tokens = c.end
+        if not c.is_last:
+            continue
+        reason = append_and_check(r, token, stop_checker)
+        if reason is not None:
+            finish(r, reason, allocator)
+            finished.append(r)
+        else:
+            r.transition(RequestState.WAITING_DECODE)
+            ready.append(r)
+    return ready, finished, ti

@@ -110,26 +110,8 @@ class PrefillScheduler:
         is returned for hand-off (state WAITING_DECODE, blocks attached). A request that
         finishes on that token (``max_tokens`` 1, or the stop checker) is FINISHED here,
         its blocks freed, and not returned: check ``request.is_finished``."""
-        handoffs: list[Request] = []
-        ti = 0
         with self._lock:
-            for c in batch.prefills:
-                r = c.request
-                token = None
-                if c.is_last:
-                    token = tokens[ti] if tokens is not None else None
-                    ti += 1
-                if r.state is not RequestState.PREFILLING:
-                    continue  # aborted while the batch ran
-                r.num_computed_tokens = c.end
-                if not c.is_last:
-                    continue
-                reason = ops.append_and_check(r, token, self.stop_checker)
-                if reason is not None:
-                    ops.finish(r, reason, self.allocator)
-                else:
-                    r.transition(RequestState.WAITING_DECODE)
-                    handoffs.append(r)
+            handoffs, _, _ = ops.apply_prefill_chunks(batch.prefills, tokens, self.stop_checker, self.allocator)
             self._running = [r for r in self._running if r.state is RequestState.PREFILLING]
         return handoffs
 

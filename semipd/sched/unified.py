@@ -129,26 +129,9 @@ class UnifiedScheduler:
 
     def update(self, batch: Batch, tokens: Sequence[int] | None) -> list[Request]:
         """Apply a mixed batch's results; returns the requests that finished (blocks freed)."""
-        finished: list[Request] = []
         checker = self.stop_checker
-        ti = 0
         with self._lock:
-            for c in batch.prefills:
-                r = c.request
-                token = None
-                if c.is_last:
-                    token = tokens[ti] if tokens is not None else None
-                    ti += 1
-                if r.state is not RequestState.PREFILLING:
-                    continue  # aborted while the batch ran
-                r.num_computed_tokens = c.end
-                if c.is_last:
-                    reason = ops.append_and_check(r, token, checker)
-                    if reason is not None:
-                        ops.finish(r, reason, self.allocator)
-                        finished.append(r)
-                    else:
-                        r.transition(RequestState.WAITING_DECODE)
+            _, finished, ti = ops.apply_prefill_chunks(batch.prefills, tokens, checker, self.allocator)
             added = 0
             for r in batch.decodes:
                 token = tokens[ti] if tokens is not None else None
