@@ -9,7 +9,8 @@ micro (one Semi-PD engine, splits 16..112 prefill SMs):
   (which counts stalled steps) should stay within 1.1x of the raw figure (``within_1_1x_raw``);
 - GIL: the same at P64 under several ``sys.setswitchinterval`` values;
 - switch latency under load: Azure-trace requests while a re-partition is requested every
-  100 ms; request -> both workers on the new partition, and per worker.
+  100 ms; request -> neither worker launches on the old split any more (both, and per
+  worker), and request -> the work they left there finished on the GPU (the drain).
 
 mixed: the Azure conversation trace's lengths (prompts capped at 7000, outputs at 1024,
 random token ids, ignore_eos), Poisson arrivals at each ``--rates`` for ``--duration`` s,
@@ -221,12 +222,25 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
     reqs = make_requests(short, 6.0, 8.0 if args.quick else 15.0, engine.model_config.vocab_size, 1)
     pm = engine.partitions
     stop = threading.Event()
+    drains: list[float] = []
 
     def switcher() -> None:
+        """Every 100 ms a new split; once both workers moved, wait for the work they left on the
+        old split's streams: request -> that work done on the GPU is the drain time."""
         k = 0
         while not stop.wait(0.1):
             k += 1
+            old = pm.partitions()[pm.grid.prefill_sms(pm.current_allocation())]
+            t0 = time.perf_counter()
             pm.request_sm_reallocation(pm.grid.allocation(splits[(3 * k) % len(splits)]))
+            while pm.switch_pending() and not stop.is_set():
+                time.sleep(0.0001)
+            events = [torch.cuda.Event() for _ in range(2)]
+            events[0].record(old.prefill_stream)
+            events[1].record(old.decode_stream)
+            for event in events:
+                event.synchronize()
+            drains.append(time.perf_counter() - t0)
 
     thread = threading.Thread(target=switcher, daemon=True)
     thread.start()
@@ -238,7 +252,10 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
     st = pm.get_status()
     return {"requests": len(reqs), "finished": sum(r.finished for r in records), "seconds": round(wall, 1),
             "switches": st["num_reallocations"], "switch_latency_ms": st.get("switch_latency_ms"),
-            "ack_latency_ms": st.get("ack_latency_ms"), "prefill_iteration_ms_p50":
+            "ack_latency_ms": st.get("ack_latency_ms"),
+            "drain_ms": {"p50": 1000 * float(np.percentile(drains, 50)), "p99": 1000 * float(np.percentile(drains, 99)),
+                         "max": 1000 * max(drains), "count": len(drains)} if drains else None,
+            "prefill_iteration_ms_p50":
                 engine.get_status()["workers"]["prefill"]["iteration_ms_p50"],
             "blocks_all_free": engine.allocator.num_free == engine.allocator.num_blocks}
 

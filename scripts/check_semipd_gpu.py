@@ -66,17 +66,18 @@ def workload(n: int, vocab: int, seed: int = 0) -> list[tuple[list[int], Samplin
 
 
 def run_semipd(engine: SemiPDEngine, work: list, gap_s: float, every: int = 3) -> tuple[dict[str, list[int]], float]:
-    """Feed `work` from a thread with `gap_s` between requests, forcing a re-partition every `every` boundaries."""
+    """Feed `work` from a thread with `gap_s` between requests, forcing a re-partition every `every`
+    launch stretches (decode steps and prefill layers: prefill moves mid-forward)."""
     pm = engine.partitions
-    original, choices, counter = pm.partition, pm.reachable_prefill_sms, itertools.count()
+    original, choices, counter = pm.begin_launch, pm.reachable_prefill_sms, itertools.count()
 
-    def partition(phase: str):
+    def begin_launch(phase: str):
         k = next(counter)
         if k % every == 0:
             pm.request_sm_reallocation(pm.grid.allocation(choices[(k // every * 7) % len(choices)]))
         return original(phase)
 
-    pm.partition = partition
+    pm.begin_launch = begin_launch
 
     def feed() -> None:
         for i, (prompt, params) in enumerate(work):

@@ -32,19 +32,43 @@ def test_unrealisable_and_unreachable_split_raise():
         m.request_sm_reallocation(GRID.allocation(48))
 
 
-def test_switch_takes_effect_at_boundaries_and_latency_is_measured():
+def test_switch_is_acked_at_once_for_a_worker_that_is_not_launching():
     clock = VirtualClock()
     m = make(clock)
-    assert m.partition("prefill").prefill_sms == 64
+    assert m.begin_launch("prefill").prefill_sms == 64  # prefill is launching, decode is not
     assert m.request_sm_reallocation(GRID.allocation(96))
-    clock.advance(0.001)
-    assert m.partition("prefill").prefill_sms == 96
-    assert m.get_status()["switch_pending_for"] == ["decode"]
-    clock.advance(0.002)
-    assert m.partition("decode").decode_sms == 36
+    assert m.get_status()["switch_pending_for"] == ["prefill"]
+    clock.advance(0.003)
+    m.end_launch("prefill")  # its next stretch goes to the new split: acked now
     st = m.get_status()
     assert st["switch_pending_for"] == [] and st["num_reallocations"] == 1
     assert st["switch_latency_ms"]["max"] == pytest.approx(3.0)
+    assert st["ack_latency_ms"]["decode"]["max"] == pytest.approx(0.0)
+    with m.launching("prefill") as part:
+        assert (part.prefill_sms, part.decode_sms) == (96, 36)
+    assert m.begin_launch("decode").decode_sms == 36
+
+
+def test_a_launching_worker_gets_the_new_split_at_its_next_stretch():
+    clock = VirtualClock()
+    m = make(clock)
+    with m.launching("decode") as part:
+        assert part.decode_sms == 68
+        m.request_sm_reallocation(GRID.allocation(32))
+        clock.advance(0.001)
+        assert m.get_status()["switch_pending_for"] == ["decode"]
+    assert m.get_status()["switch_pending_for"] == []
+    with m.launching("decode") as part:
+        assert part.decode_sms == 100
+    assert m.get_status()["ack_latency_ms"]["decode"]["p50"] == pytest.approx(1.0)
+
+
+def test_a_stretch_that_raises_still_ends():
+    m = make()
+    with pytest.raises(RuntimeError), m.launching("prefill"):
+        raise RuntimeError("kernel failed")
+    m.request_sm_reallocation(GRID.allocation(96))
+    assert m.get_status()["switch_pending_for"] == []
 
 
 def test_concurrent_workers_see_consistent_partitions():
@@ -54,7 +78,8 @@ def test_concurrent_workers_see_consistent_partitions():
 
     def worker(phase):
         while not stop.is_set():
-            seen[phase].add(m.partition(phase).sms(phase))
+            with m.launching(phase) as part:
+                seen[phase].add(part.sms(phase))
 
     threads = [threading.Thread(target=worker, args=(ph,)) for ph in seen]
     for t in threads:
@@ -65,7 +90,9 @@ def test_concurrent_workers_see_consistent_partitions():
     for t in threads:
         t.join()
     assert seen["prefill"] <= {32, 64, 96, 120}
-    assert m.partition("prefill").prefill_sms == 120
+    assert m.get_status()["switch_pending_for"] == []  # nobody launches any more: the last switch is done
+    assert 1 <= m.get_status()["switch_latency_ms"]["count"] <= 4  # a switch superseded early is not counted
+    assert m.begin_launch("prefill").prefill_sms == 120
 
 
 def test_unavailable_reason_on_cpu():

@@ -38,19 +38,20 @@ def engine():
 
 
 def force_repartitions(engine: SemiPDEngine, every: int = 3) -> None:
-    """Request a new split every `every` worker boundaries, cycling through the reachable ones."""
+    """Request a new split every `every` launch stretches (decode steps, prefill layers),
+    cycling through the reachable ones."""
     pm = engine.partitions
-    original = pm.partition
+    original = pm.begin_launch
     choices = pm.reachable_prefill_sms
     counter = itertools.count()
 
-    def partition(phase: str):
+    def begin_launch(phase: str):
         n = next(counter)
         if n % every == 0:
             pm.request_sm_reallocation(pm.grid.allocation(choices[(n // every) % len(choices)]))
         return original(phase)
 
-    pm.partition = partition
+    pm.begin_launch = begin_launch
 
 
 def run_to_completion(engine: SemiPDEngine, timeout: float = DEADLINE_S) -> dict[str, list]:
@@ -76,6 +77,15 @@ def reference(ps: list[list[int]], params: SamplingParams = GREEDY, **kwargs) ->
 def test_concurrent_requests_with_forced_repartitions_equal_unified(engine: SemiPDEngine) -> None:
     ps = prompts(24)
     force_repartitions(engine)
+    moves: list[tuple[int, int]] = []  # (prefill iteration, split) at each prefill stretch
+    worker = engine.prefill_worker
+    original_move = worker._move
+
+    def move(part):
+        moves.append((worker.num_iterations, part.prefill_sms))
+        return original_move(part)
+
+    worker._move = move
 
     def feed() -> None:  # arrivals spread over time, from another thread
         for i, p in enumerate(ps):
@@ -100,6 +110,10 @@ def test_concurrent_requests_with_forced_repartitions_equal_unified(engine: Semi
     assert status["partitions"]["num_reallocations"] >= 3
     assert status["partitions"]["switch_latency_ms"]["count"] >= 1
     assert status["workers"]["prefill"]["iterations"] > 5 and status["workers"]["decode"]["errors"] == 0
+    splits_per_iteration: dict[int, set[int]] = {}
+    for it, sms in moves:
+        splits_per_iteration.setdefault(it, set()).add(sms)
+    assert any(len(s) > 1 for s in splits_per_iteration.values()), "prefill never moved between layers"
     window = engine.metrics_collector.get_current_window_metrics()
     assert window.num_completed == 24 and window.num_ttft_samples == 24
     rec = engine.metrics_collector.get_request("r5")
@@ -181,23 +195,23 @@ def test_a_worker_exception_is_survived(engine: SemiPDEngine, phase: str, monkey
     failures = iter([True])
 
     if phase == "prefill":
-        original = worker.runner.run
+        original = worker.runner.launch
 
-        def broken(batch):
+        def broken(batch, **kwargs):
             if next(failures, False):
                 raise RuntimeError("device fell over")
-            return original(batch)
+            return original(batch, **kwargs)
 
-        monkeypatch.setattr(worker.runner, "run", broken)
+        monkeypatch.setattr(worker.runner, "launch", broken)
     else:
-        original = worker.run_step
+        original = worker.launch_step
 
         def broken(batch, key):
             if next(failures, False):
                 raise RuntimeError("device fell over")
             return original(batch, key)
 
-        monkeypatch.setattr(worker, "run_step", broken)
+        monkeypatch.setattr(worker, "launch_step", broken)
     ps = prompts(4, seed=70)
     for i, p in enumerate(ps):
         engine.add_request(f"f{i}", p, GREEDY)
@@ -328,7 +342,7 @@ def test_async_engine_drives_the_semipd_engine(engine: SemiPDEngine, monkeypatch
     ps = prompts(3, seed=90)
     long = SamplingParams(temperature=0.0, max_tokens=500, ignore_eos=True)
     failures = iter([True])
-    original = engine.decode_worker.run_step
+    original = engine.decode_worker.launch_step
 
     def flaky(batch, key):
         if len(batch.decodes) == 1 and batch.decodes[0].rid == "victim" and next(failures, False):
@@ -345,7 +359,7 @@ def test_async_engine_drives_the_semipd_engine(engine: SemiPDEngine, monkeypatch
             outs.append(out)
             if len(outs) == 3:
                 a.abort("ab")
-        monkeypatch.setattr(engine.decode_worker, "run_step", flaky)
+        monkeypatch.setattr(engine.decode_worker, "launch_step", flaky)
         with pytest.raises(RequestFailedError, match="injected failure"):
             await collect("victim", ps[1], GREEDY)
         return streams, outs

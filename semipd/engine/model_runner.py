@@ -1,5 +1,9 @@
 """`ModelRunner`: turns a scheduler `Batch` into tensors, runs the model, samples.
 
+`launch` queues a batch on the current stream and returns `PendingTokens`; `wait()` reads the
+sampled ids back (one small copy into a reused pinned buffer, then an event wait), so a
+caller can tell the launching apart from the waiting. `run` does both.
+
 The host side (`semipd.engine.batch_inputs`) builds numpy arrays with one short Python loop
 over the batch's requests and a persistent block table; `Staging` moves them, sampling
 parameters included, to the device in one copy. Decode-only batches go through the
@@ -12,7 +16,7 @@ engine sets them.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,6 +49,21 @@ class PreparedBatch:
     """Sampling parameters of the sampled rows."""
 
 
+class PendingTokens:
+    """The sampled token ids of a launched batch, readable once the device is done with it."""
+
+    def __init__(self, host: torch.Tensor, n: int, event: torch.cuda.Event | None) -> None:
+        self._host = host
+        self._n = n
+        self._event = event
+
+    def wait(self) -> list[int]:
+        """Block (without the GIL) until the tokens arrived; they must be read before the next launch."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host[:self._n].tolist()
+
+
 class ModelRunner:
     """Runs one scheduler iteration on the device: build inputs, forward, logits of sampled rows, sample."""
 
@@ -58,7 +77,11 @@ class ModelRunner:
         self.rows = RequestRows(model.config.vocab_size)
         self.staging = Staging(self.device)
         self.last_run_graphed = False
-        """Whether the last `run` replayed a captured CUDA graph."""
+        """Whether the last `launch` replayed a captured CUDA graph."""
+        cuda = self.device.type == "cuda"
+        self._out_host = torch.empty(256, dtype=torch.int64, pin_memory=cuda)
+        """Sampled token ids come back here (pinned, reused: one batch is waited on before the next launches)."""
+        self._out_event = torch.cuda.Event() if cuda else None
 
     def host_batch(self, batch: Batch) -> HostBatch:
         """Host arrays of `batch` (which must not be empty)."""
@@ -88,23 +111,43 @@ class ModelRunner:
         return self.model(prepared.input_ids, prepared.positions, self.kv_cache.layers, meta)
 
     @torch.inference_mode()
-    def run(self, batch: Batch, graph_key: Hashable = "default") -> list[int]:
-        """Run `batch`; returns one sampled token id per `batch.sampled_requests()` entry, in order.
-        Decode-only batches replay the graph set `graph_key` of the `GraphRunner` when it covers them."""
+    def launch(self, batch: Batch, graph_key: Hashable = "default",
+               layer_hook: Callable[[int], None] | None = None) -> PendingTokens:
+        """Launch `batch` on the current stream without waiting for it; `PendingTokens.wait()`
+        gives one sampled token id per `batch.sampled_requests()` entry, in order. Decode-only
+        batches replay the graph set `graph_key` of the `GraphRunner` when it covers them; eager
+        forwards call ``layer_hook(i)`` before each decoder layer after the first (it may
+        change the current stream: the rest of the batch then launches there)."""
         gr = self.graph_runner
         if gr is not None and not batch.prefills and gr.can_run(len(batch.decodes)):
             hb = self.host_batch(batch)
             tokens, logits, self.last_run_graphed = gr.decode(hb, graph_key)
             if hb.sampling.use_top_k_top_p:
                 tokens = self.sampler(logits, self._sampling_tensors(hb))
-            return tokens.tolist()
+            return self._read_back(tokens)
         self.last_run_graphed = False
         prepared = self.prepare(batch)
-        hidden = self.model(prepared.input_ids, prepared.positions, self.kv_cache.layers, prepared.meta)
+        hidden = self.model(prepared.input_ids, prepared.positions, self.kv_cache.layers, prepared.meta,
+                            layer_hook=layer_hook)
         if not prepared.sampled:
-            return []
+            return PendingTokens(torch.empty(0, dtype=torch.int64), 0, None)
         logits = self.model.lm_logits(hidden[prepared.sample_rows])
-        return self.sampler(logits, prepared.sampling).tolist()
+        return self._read_back(self.sampler(logits, prepared.sampling))
+
+    def run(self, batch: Batch, graph_key: Hashable = "default") -> list[int]:
+        """`launch` and wait: the sampled token ids of `batch`."""
+        return self.launch(batch, graph_key).wait()
+
+    def _read_back(self, tokens: torch.Tensor) -> PendingTokens:
+        """Start copying the device `tokens` into the reused pinned buffer (CUDA); on CPU they are there."""
+        n = tokens.shape[0]
+        if self.device.type != "cuda":
+            return PendingTokens(tokens, n, None)
+        if self._out_host.shape[0] < n:
+            self._out_host = torch.empty(max(n, 2 * self._out_host.shape[0]), dtype=torch.int64, pin_memory=True)
+        self._out_host[:n].copy_(tokens, non_blocking=True)
+        self._out_event.record()
+        return PendingTokens(self._out_host, n, self._out_event)
 
     def _sampling_tensors(self, hb: HostBatch) -> SamplingTensors:
         s = hb.sampling

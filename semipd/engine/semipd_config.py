@@ -55,6 +55,11 @@ class SemiPDConfig:
     launching kernels holds the GIL up to this long before the decode thread gets it. On an H100
     (64 prefill SMs, batch-64 decode steps beside 2048-token prefill iterations) the decode step's
     mean went from 22.0 ms at Python's default 5 ms to 18.7 ms at 0.2 ms (p90 53 -> 33 ms). None: leave it."""
+    prefill_launch_lookahead_layers: int = 2
+    """Decoder layers the prefill worker may queue ahead of the GPU. It checks for a switch at
+    every layer boundary, so after a switch at most this many layers (plus the one being
+    launched) still run on prefill's old SMs; more only helps when the host cannot launch a
+    layer in the time the GPU runs one."""
     output_wait_s: float = 0.01
     """How long ``step()`` waits for the workers' outputs when none are ready."""
 
@@ -84,6 +89,9 @@ class SemiPDConfig:
         if isinstance(self.max_graph_partitions, bool) or not isinstance(self.max_graph_partitions, int) \
                 or self.max_graph_partitions < 1:
             raise ValueError(f"max_graph_partitions must be an int >= 1, got {self.max_graph_partitions!r}")
+        lookahead = self.prefill_launch_lookahead_layers
+        if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 1:
+            raise ValueError(f"prefill_launch_lookahead_layers must be an int >= 1, got {lookahead!r}")
         interval = self.gil_switch_interval_s
         if interval is not None and (not _number(interval) or not 0 < interval <= 1):
             raise ValueError(f"gil_switch_interval_s must be None or in (0, 1], got {interval!r}")

@@ -13,7 +13,8 @@ Same public surface as `Engine` (``add_request``, ``step``, ``abort``, ``has_unf
     step() <- RequestBook (outputs since the last call, waiting briefly when there are none)
 
 The `PartitionManager` pre-creates every reachable split; the SLO-aware controller (or
-`set_allocation`) picks one, and each worker moves at its next iteration boundary. The
+`set_allocation`) picks one, and each worker moves at its next launch: the decode worker at
+its next step, the prefill worker at its next decoder layer. The
 workers start with the engine; `stop()` ends them (and the controller).
 """
 
@@ -23,6 +24,7 @@ import logging
 import random
 import sys
 import threading
+import time
 from typing import Any
 
 from semipd.allocation import SMAllocation
@@ -99,7 +101,7 @@ class SemiPDEngine:
         self.decode_worker = DecodeWorker(ctx, self.decode_scheduler, ModelRunner(self.model, self.kv_cache, graphs),
                                           self._on_blocks_freed)
         self.prefill_worker = PrefillWorker(ctx, self.prefill_scheduler, ModelRunner(self.model, self.kv_cache),
-                                            self.decode_worker.hand_off)
+                                            self.decode_worker.hand_off, self.semipd.prefill_launch_lookahead_layers)
         self.controller_mode = self.semipd.controller
         self.controller = self._build_controller()
         self.partitions.add_listener(self._on_reallocation)
@@ -251,9 +253,13 @@ class SemiPDEngine:
     @staticmethod
     def _worker_status(worker: Worker) -> dict[str, Any]:
         times = sorted(t for _, t in list(worker.timings))
+        wall = time.perf_counter() - worker.started_at if worker.started_at is not None else 0.0
+        busy = worker.busy_seconds
         return {"alive": worker.is_alive(), "iterations": worker.num_iterations, "errors": worker.num_errors,
                 "last_error": worker.last_error,
-                "iteration_ms_p50": 1000 * times[len(times) // 2] if times else None}
+                "iteration_ms_p50": 1000 * times[len(times) // 2] if times else None,
+                "busy_fraction": round(busy / wall, 4) if wall > 0 else None,
+                "device_wait_fraction_of_busy": round(worker.wait_seconds / busy, 4) if busy > 0 else None}
 
     def get_status(self) -> dict[str, Any]:
         """`Engine.get_status()`'s keys plus the allocation, the partitions (switch latency),

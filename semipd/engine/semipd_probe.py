@@ -1,7 +1,8 @@
 """Timing probes over a running (idle) `SemiPDEngine`: its SM-scaling table and its isolation.
 
-Both use the engine's own execution path - the prefill worker's `ModelRunner` and the decode
-worker's `run_step` (a CUDA-graph replay of the partition's graph set) - on the streams of
+Both use the engine's own execution path - the prefill worker's `ModelRunner` with its
+layer-launch throttle, and the decode worker's `run_step` (a CUDA-graph replay of the
+partition's graph set) - on the streams of
 its pre-created partitions, with synthetic requests whose KV blocks come from the engine's
 allocator (so the workers never see them). The engine must have no requests while a probe
 runs. Times are wall-clock seconds per call; every call ends with the host reading the
@@ -65,6 +66,15 @@ def synthetic_batches(engine: SemiPDEngine, prefill_tokens: int, decode_batch: i
             engine.allocator.free(req)
 
 
+def _prefill(engine: SemiPDEngine, batch: Batch, stream: Any) -> list[int]:
+    """One prefill iteration as the prefill worker runs it (throttled per layer), on `stream`."""
+    worker = engine.prefill_worker
+    try:
+        return worker.runner.launch(batch, layer_hook=lambda _: worker.throttle.mark(stream)).wait()
+    finally:
+        worker.throttle.reset()
+
+
 def _on(stream: Any) -> contextlib.AbstractContextManager:
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
@@ -86,13 +96,12 @@ def sm_scaling_table(engine: SemiPDEngine, prefill_tokens: int = 2048, decode_ba
                      context: int = 1024, prefill_reps: int = 3, decode_reps: int = 10) -> list[dict[str, Any]]:
     """One row per partition: prefill SMs, decode SMs, median prefill iteration and decode step (ms)."""
     rows = []
-    prefill_runner = engine.prefill_worker.runner
     with torch.inference_mode(), synthetic_batches(engine, prefill_tokens, decode_batch, context) as (pb, db):
         for _, part in sorted(engine.partitions.partitions().items()):
             key = part.prefill_sms
             with _on(part.prefill_stream):
-                prefill_runner.run(pb)  # warm-up
-                pt = _timed(lambda: prefill_runner.run(pb), prefill_reps)
+                _prefill(engine, pb, part.prefill_stream)  # warm-up
+                pt = _timed(lambda s=part.prefill_stream: _prefill(engine, pb, s), prefill_reps)
             with _on(part.decode_stream):
                 engine.decode_worker.run_step(db, key)
                 dt = _timed(lambda k=key: engine.decode_worker.run_step(db, k), decode_reps)
@@ -110,7 +119,6 @@ def interference(engine: SemiPDEngine, prefill_sms: int, prefill_tokens: int = 2
     medians; ``slowdown_mean`` compares means, which also counts the occasional stalled step."""
     part = engine.partitions.partitions()[prefill_sms]
     device = engine.device
-    prefill_runner = engine.prefill_worker.runner
     stop = threading.Event()
     prefill_times: list[float] = []
 
@@ -120,7 +128,7 @@ def interference(engine: SemiPDEngine, prefill_sms: int, prefill_tokens: int = 2
         with torch.inference_mode(), _on(part.prefill_stream):
             while not stop.is_set():
                 t0 = time.perf_counter()
-                prefill_runner.run(batch)
+                _prefill(engine, batch, part.prefill_stream)
                 prefill_times.append(time.perf_counter() - t0)
 
     def decode_for(batch: Batch, duration: float) -> list[float]:
@@ -135,7 +143,7 @@ def interference(engine: SemiPDEngine, prefill_sms: int, prefill_tokens: int = 2
 
     with synthetic_batches(engine, prefill_tokens, decode_batch, context) as (pb, db):
         with torch.inference_mode(), _on(part.prefill_stream):
-            prefill_runner.run(pb)
+            _prefill(engine, pb, part.prefill_stream)
         decode_for(db, 0.1)  # warm-up
         before = decode_for(db, seconds)
         thread = threading.Thread(target=prefill_loop, args=(pb,), daemon=True)

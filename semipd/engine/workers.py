@@ -4,10 +4,18 @@ each on the CUDA stream of its SM partition, over one model and one paged KV cac
 Each iteration of a worker::
 
     boundary:  apply the caller's aborts it can (it holds the request; nothing in flight)
-               partition(phase) -> stream; a new stream first waits on the old one
                (decode) admit hand-offs: its stream waits on each request's prefill event
-    schedule -> run on the stream (one host sync: the sampled token ids) -> scheduler.update
-    publish the outputs (`RequestBook`), record the lifecycle events, hand prefilled requests on
+    schedule -> launch stretch(es) on its partition's stream -> wait for the sampled ids
+             -> scheduler.update -> publish the outputs (`RequestBook`), record the lifecycle
+                events, hand prefilled requests on
+
+Launch stretches are bracketed with the `PartitionManager` (``launching``), which is how a
+switch reaches a worker within a few milliseconds: the decode worker launches a whole step
+in one short stretch (a graph replay); the prefill worker ends and begins a stretch at every
+decoder layer, and there it also keeps at most ``prefill_launch_lookahead_layers`` layers
+queued ahead of the GPU, so the work it leaves on its old SMs after a switch is a few
+layers, not the rest of a long iteration. Entering a new partition's stream first orders it
+after the old one.
 
 Hand-off: a prefilled request (KV blocks attached) and a CUDA event recorded on the prefill
 stream after its forward go to the decode worker's inbox; metadata only, never a KV copy.
@@ -22,8 +30,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +40,7 @@ import torch
 
 from semipd.clock import Clock
 from semipd.engine.engine import StepError
-from semipd.engine.model_runner import ModelRunner
+from semipd.engine.model_runner import ModelRunner, PendingTokens
 from semipd.engine.request_book import RequestBook
 from semipd.metrics import SemiPDMetricsCollector
 from semipd.partition.green import Partition, PartitionManager
@@ -56,6 +65,33 @@ class WorkerContext:
     record_system_metrics: Callable[[], None]
 
 
+class LaunchThrottle:
+    """Keeps the host at most `lookahead` marks (decoder layers) ahead of the GPU: `mark`
+    records an event on the stream and, past `lookahead` outstanding events, waits (without
+    the GIL) for the oldest. No-op without a stream (CPU)."""
+
+    def __init__(self, lookahead: int) -> None:
+        self.lookahead = lookahead
+        self._queued: deque[Any] = deque()
+        self._spare: list[Any] = []
+
+    def mark(self, stream: Any) -> None:
+        if stream is None:
+            return
+        event = self._spare.pop() if self._spare else torch.cuda.Event()
+        event.record(stream)
+        self._queued.append(event)
+        if len(self._queued) > self.lookahead:
+            oldest = self._queued.popleft()
+            oldest.synchronize()
+            self._spare.append(oldest)
+
+    def reset(self) -> None:
+        """Forget the outstanding events (the caller waited for the whole batch)."""
+        self._spare.extend(self._queued)
+        self._queued.clear()
+
+
 class Worker(threading.Thread):
     """Loop, partition switching, idling, stats and error handling common to both phases.
     Subclasses implement `iteration` (True when it did work) and `fail_batch`."""
@@ -75,6 +111,11 @@ class Worker(threading.Thread):
         self.last_error: str | None = None
         self.timings: deque[tuple[int, float]] = deque(maxlen=history)
         """(work size, seconds) per iteration: tokens for prefill, batch size for decode."""
+        self.started_at: float | None = None
+        self.busy_seconds = 0.0
+        """Wall time spent in iterations that did work (``time.perf_counter``)."""
+        self.wait_seconds = 0.0
+        """Of `busy_seconds`, the time spent waiting for the device to return sampled tokens."""
 
     # -- control --------------------------------------------------------------------------
     def wake(self) -> None:
@@ -109,9 +150,15 @@ class Worker(threading.Thread):
             logger.exception("%s worker: cannot start", self.phase)
             return
         with torch.inference_mode():
+            with self.launch_stretch():
+                pass  # take the first partition's stream before any hand-off waits on it
+            self.started_at = time.perf_counter()
             while not self._stopping:
+                start = time.perf_counter()
                 try:
                     busy = self.iteration()
+                    if busy:
+                        self.busy_seconds += time.perf_counter() - start
                 except Exception as exc:  # outside a batch: log, count, go on
                     self._count_error(exc)
                     logger.exception("%s worker: iteration failed", self.phase)
@@ -120,20 +167,35 @@ class Worker(threading.Thread):
                     self._idle()
 
     # -- pieces for subclasses --------------------------------------------------------------
-    def enter_partition(self) -> Partition:
-        """The current partition; when its stream differs from the last one, order the new
-        stream after the old (this worker's earlier work stays ahead of its later work)."""
-        part = self.ctx.partitions.partition(self.phase)
+    def _move(self, part: Partition) -> None:
+        """Run on `part`'s stream from now on; a new stream first waits on the old one (this
+        worker's earlier work stays ahead of its later work). Sets the current torch stream."""
         stream = part.stream(self.phase)
         if stream is not self.stream:
             if stream is not None and self.stream is not None:
                 stream.wait_stream(self.stream)
             self.stream = stream
+            if stream is not None:
+                torch.cuda.set_stream(stream)
         self.partition = part
-        return part
+
+    @contextlib.contextmanager
+    def launch_stretch(self) -> Iterator[Partition]:
+        """``with self.launch_stretch() as part:`` launch on the current partition's stream."""
+        with self.ctx.partitions.launching(self.phase) as part, self.on_stream():
+            self._move(part)
+            yield part
 
     def on_stream(self) -> contextlib.AbstractContextManager:
+        """Restores the caller's current stream on exit (`_move` may change it inside)."""
         return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def wait_tokens(self, pending: PendingTokens) -> list[int]:
+        start = time.perf_counter()
+        try:
+            return pending.wait()
+        finally:
+            self.wait_seconds += time.perf_counter() - start
 
     def _count_error(self, exc: BaseException) -> None:
         self.num_errors += 1
@@ -193,17 +255,25 @@ class PrefillWorker(Worker):
     phase = "prefill"
 
     def __init__(self, ctx: WorkerContext, scheduler: PrefillScheduler, runner: ModelRunner,
-                 hand_off: Callable[[Request, Any], None]) -> None:
+                 hand_off: Callable[[Request, Any], None], lookahead_layers: int = 2) -> None:
         super().__init__(ctx)
         self.scheduler = scheduler
         self.runner = runner
         self.hand_off = hand_off
+        self.throttle = LaunchThrottle(lookahead_layers)
+
+    def _layer_boundary(self, layer: int) -> None:
+        """Between two decoder layers: end the launch stretch, let the GPU catch up to within
+        the lookahead, and begin the next stretch (on a new stream after a switch)."""
+        pm = self.ctx.partitions
+        pm.end_launch(self.phase)
+        self.throttle.mark(self.stream)
+        self._move(pm.begin_launch(self.phase))
 
     def iteration(self) -> bool:
         ctx = self.ctx
         if ctx.book.has_pending_aborts():
             self.apply_aborts(self.scheduler.abort)
-        self.enter_partition()
         batch = self.scheduler.schedule()
         if batch.is_empty:
             return False
@@ -215,16 +285,19 @@ class PrefillWorker(Worker):
                 seq.prefill_started = True
                 ctx.collector.record_prefill_start(chunk.request.rid, timestamp=t0)
         try:
-            with self.on_stream():
-                tokens = self.runner.run(batch)
+            with self.launch_stretch():
+                pending = self.runner.launch(batch, layer_hook=self._layer_boundary)
                 event = None
                 if self.stream is not None:
                     event = torch.cuda.Event()
                     event.record(self.stream)
+            tokens = self.wait_tokens(pending)
             handoffs = self.scheduler.update(batch, tokens)
         except Exception as exc:
             self.batch_failed(batch, exc, self.scheduler.abort)
             return True
+        finally:
+            self.throttle.reset()
         t1 = ctx.clock.now()
         self.timings.append((batch.num_prefill_tokens, t1 - t0))
         self.publish(batch.sampled_requests(), t1)
@@ -271,7 +344,6 @@ class DecodeWorker(Worker):
 
     def iteration(self) -> bool:
         ctx = self.ctx
-        part = self.enter_partition()
         self._admit_hand_offs()
         free = ctx.book.has_pending_aborts() and self.apply_aborts(self.scheduler.abort)
         batch = self.scheduler.schedule()
@@ -286,8 +358,9 @@ class DecodeWorker(Worker):
                 req.payload.decode_started = True
                 ctx.collector.record_decode_start(req.rid, timestamp=t0)
         try:
-            with self.on_stream():
-                tokens = self.run_step(batch, part.prefill_sms)
+            with self.launch_stretch() as part:
+                pending = self.launch_step(batch, part.prefill_sms)
+            tokens = self.wait_tokens(pending)
             finished = self.scheduler.update(batch, tokens)
         except Exception as exc:
             self.batch_failed(batch, exc, self.scheduler.abort)
@@ -302,11 +375,15 @@ class DecodeWorker(Worker):
         return True
 
     def run_step(self, batch: Batch, graph_key: int) -> list[int]:
-        """One decode step through the runner: a replay of the graph set of the current partition
-        (keyed by its prefill SM count) when it covers the batch, else eager. The sampled token ids."""
-        tokens = self.runner.run(batch, graph_key)
+        """`launch_step` and wait: the sampled token ids (the timing probes use it)."""
+        return self.launch_step(batch, graph_key).wait()
+
+    def launch_step(self, batch: Batch, graph_key: int) -> PendingTokens:
+        """Launch one decode step: a replay of the graph set of the current partition (keyed by
+        its prefill SM count) when it covers the batch, else eager."""
+        pending = self.runner.launch(batch, graph_key)
         if self.runner.last_run_graphed:
             self.num_graph_steps += 1
         else:
             self.num_eager_steps += 1
-        return tokens
+        return pending

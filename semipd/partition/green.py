@@ -6,17 +6,24 @@ grid, ``cuDevSmResourceSplitByCount`` gives a group of ``p`` SMs (prefill) and t
 remainder (decode), so the two phases never share an SM. Each side gets a non-blocking
 stream created from its green context, wrapped as a ``torch.cuda.ExternalStream``.
 
-Switch protocol (no request is dropped, duplicated or stalled)::
+Switch protocol (no request is dropped, duplicated or stalled). A worker brackets every
+stretch of kernel launches with ``begin_launch(phase)`` / ``end_launch(phase)`` (the
+prefill worker does so per decoder layer, the decode worker per step); between them it is
+never issuing work. A switch is acknowledged for a phase as soon as that worker is outside
+a launch stretch, because its next ``begin_launch`` will hand out the new partition::
 
-    controller                       prefill worker               decode worker
-    request_sm_reallocation(a) ----> target := a, gen += 1, listeners notified (wake the workers)
-                                     next iteration boundary:     next step boundary:
-                                     partition("prefill")         partition("decode")
-                                     -> stream of a, ack(gen)     -> stream of a, ack(gen)
-    switch latency = last ack - request
+    controller                         prefill worker                 decode worker
+    request_sm_reallocation(a)         launching layer k              waiting for its step
+      target := a, gen += 1 ---------------------------------------> ack now (not launching)
+                                       end_launch: ack                ...
+                                       begin_launch -> a's stream     begin_launch -> a's stream
+                                       (waits on its old stream)      (waits on its old stream)
+    switch latency = last ack - request   (from then on, no new work on the old split)
 
 Work already launched on the old stream finishes there; a worker that moves orders its new
-stream after its old one (``wait_stream``) so its own work stays in order.
+stream after its old one (``wait_stream``) so its own work stays in order. How long that
+old work keeps running (the drain) is bounded by the worker, not by this manager: one decode
+step, and for prefill the few layers it launches ahead of the GPU.
 
 Factories. `GreenContextFactory` makes disjoint SM partitions; `SharedStreamFactory` makes
 two plain streams over the whole GPU (CUDA without green contexts, or partitioning turned
@@ -27,10 +34,11 @@ but cannot be had, why (``unavailable_reason``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -195,11 +203,12 @@ class PartitionManager:
         self._requested_at = self._clock.now()
         self._acked: dict[str, int] = {p: 0 for p in PHASES}
         self._ack_time: dict[str, float] = {}
+        self._launching: dict[str, bool] = {p: False for p in PHASES}
         self._listeners: tuple[ReallocationListener, ...] = ()
         self.switch_latencies: deque[float] = deque(maxlen=latency_history)
-        """Seconds from a switch request until both workers ran on the new partition."""
+        """Seconds from a switch request until neither worker will launch more work on the old split."""
         self.ack_latencies: dict[str, deque[float]] = {p: deque(maxlen=latency_history) for p in PHASES}
-        """Per phase: seconds from a switch request until that worker moved (its next boundary)."""
+        """Per phase: seconds from a switch request until that worker was outside a launch stretch."""
         self.num_reallocations = 0
         self.num_refused = 0
         self.running = False
@@ -251,6 +260,9 @@ class PartitionManager:
                 self._requested_at = self._clock.now()
                 self._ack_time.clear()
                 self.num_reallocations += 1
+                for phase in PHASES:
+                    if not self._launching[phase]:
+                        self._ack(phase)
         self._notify(new_allocation, True)
         return True
 
@@ -265,10 +277,15 @@ class PartitionManager:
         """The allocation the workers are (or are moving) to."""
         return self.grid.allocation(self._target)
 
+    def switch_pending(self) -> list[str]:
+        """The phases that have not moved to the current target yet."""
+        with self._lock:
+            return [ph for ph in PHASES if self._acked[ph] != self._generation]
+
     def get_status(self) -> dict[str, Any]:
+        pending = self.switch_pending()
         with self._lock:
             part = self._partitions.get(self._target) or Partition(self._target, self.grid.total_sms - self._target)
-            pending = [ph for ph in PHASES if self._acked[ph] != self._generation]
             lat = sorted(self.switch_latencies)
             per_phase = {ph: sorted(self.ack_latencies[ph]) for ph in PHASES}
         alloc = self.grid.allocation(self._target)
@@ -292,21 +309,42 @@ class PartitionManager:
         return status
 
     # -- worker side ---------------------------------------------------------------
-    def partition(self, phase: str) -> Partition:
-        """Called by a worker at each iteration boundary: the partition it must run on now.
-        The first call after a switch acknowledges it for `phase`."""
+    def _ack(self, phase: str) -> None:
+        """Record that `phase` moved to the current target (caller holds the lock)."""
+        if self._acked[phase] == self._generation:
+            return
+        self._acked[phase] = self._generation
+        now = self._clock.now()
+        self._ack_time[phase] = now
+        self.ack_latencies[phase].append(now - self._requested_at)
+        if len(self._ack_time) == len(PHASES):
+            self.switch_latencies.append(max(self._ack_time.values()) - self._requested_at)
+
+    def begin_launch(self, phase: str) -> Partition:
+        """A worker is about to launch work: the partition whose stream it must launch on."""
         with self._lock:
             part = self._partitions.get(self._target)
             if part is None:
                 raise RuntimeError("PartitionManager.start() was not called")
-            if self._acked[phase] != self._generation:
-                self._acked[phase] = self._generation
-                now = self._clock.now()
-                self._ack_time[phase] = now
-                self.ack_latencies[phase].append(now - self._requested_at)
-                if len(self._ack_time) == len(PHASES):
-                    self.switch_latencies.append(max(self._ack_time.values()) - self._requested_at)
+            self._launching[phase] = True
+            self._ack(phase)
             return part
+
+    def end_launch(self, phase: str) -> None:
+        """The worker finished launching; a switch requested meanwhile is acknowledged now
+        (its next `begin_launch` returns the new partition)."""
+        with self._lock:
+            self._launching[phase] = False
+            self._ack(phase)
+
+    @contextlib.contextmanager
+    def launching(self, phase: str) -> Iterator[Partition]:
+        """``with manager.launching(phase) as part:`` brackets one launch stretch."""
+        part = self.begin_launch(phase)
+        try:
+            yield part
+        finally:
+            self.end_launch(phase)
 
     def partitions(self) -> dict[int, Partition]:
         """Every pre-created partition by prefill SM count (for capturing graphs per partition)."""

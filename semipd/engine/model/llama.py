@@ -14,7 +14,7 @@ Hugging Face's separate q/k/v and gate/up weights land in row slices of the fuse
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -133,10 +133,13 @@ class Model(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
-                kv_caches: KVCaches, meta: AttentionMetadata) -> torch.Tensor:
+                kv_caches: KVCaches, meta: AttentionMetadata,
+                layer_hook: Callable[[int], None] | None = None) -> torch.Tensor:
         x = F.embedding(input_ids, self.embed_tokens.weight)
         residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+        for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
+            if i and layer_hook is not None:
+                layer_hook(i)
             x, residual = layer(positions, x, residual, cos_sin_cache, kv_cache, meta)
         x, _ = self.norm(x, residual)
         return x
@@ -185,9 +188,10 @@ class LlamaForCausalLM(nn.Module):
         }
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: KVCaches,
-                meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids, positions: [T]; returns hidden states [T, hidden]."""
-        return self.model(input_ids, positions, self.cos_sin_cache, kv_caches, meta)
+                meta: AttentionMetadata, layer_hook: Callable[[int], None] | None = None) -> torch.Tensor:
+        """input_ids, positions: [T]; returns hidden states [T, hidden]. ``layer_hook(i)`` runs on
+        the host before decoder layer i >= 1 (the Semi-PD prefill worker moves streams there)."""
+        return self.model(input_ids, positions, self.cos_sin_cache, kv_caches, meta, layer_hook)
 
     def lm_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] logits in the model dtype (the sampler reads them as they are),
