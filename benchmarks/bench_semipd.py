@@ -16,7 +16,8 @@ mixed: the Azure conversation trace's lengths (prompts capped at 7000, outputs a
 random token ids, ignore_eos), Poisson arrivals at each ``--rates`` for ``--duration`` s,
 driven in-process, per engine config (``unified``: 8192-token mixed batches as vLLM;
 ``static:P`` = Semi-PD at P prefill SMs with ``--semipd-prefill-tokens`` per prefill iteration,
-``slo:P`` = Semi-PD starting at P with the SLO controller). TTFT is measured from the
+``slo:P`` = Semi-PD starting at P with the SLO controller; a ``:noborrow`` suffix keeps decode
+off prefill's idle SMs). TTFT is measured from the
 scheduled arrival to the first streamed token as the driver receives it; TPOT = (last -
 first) / (tokens - 1). SLO attainment: share of all requests with TTFT and TPOT within the
 targets (unfinished ones miss). vLLM 0.26's figures on the same GPU are stored alongside.
@@ -64,6 +65,12 @@ def environment() -> dict[str, Any]:
     return {"gpu": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
             "triton": triton.__version__, "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d"),
             "CUDA_DEVICE_MAX_CONNECTIONS": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")}
+
+
+def allocator_stats() -> dict[str, int]:
+    """Caching-allocator counters: each retry released cached blocks (a device-wide synchronisation)."""
+    stats = torch.cuda.memory_stats()
+    return {k: int(stats.get(k, 0)) for k in ("num_alloc_retries", "num_device_alloc", "num_device_free")}
 
 
 def free_device_memory() -> None:
@@ -257,7 +264,8 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
                          "max": 1000 * max(drains), "count": len(drains)} if drains else None,
             "prefill_iteration_ms_p50":
                 engine.get_status()["workers"]["prefill"]["iteration_ms_p50"],
-            "blocks_all_free": engine.allocator.num_free == engine.allocator.num_blocks}
+            "blocks_all_free": engine.allocator.num_free == engine.allocator.num_blocks,
+            "allocator_after": allocator_stats()}
 
 
 def build(config: str, args: argparse.Namespace) -> Any:
@@ -266,12 +274,13 @@ def build(config: str, args: argparse.Namespace) -> Any:
                   max_model_len=8192, num_kv_blocks=args.kv_blocks)
     if config == "unified":
         return Engine(EngineConfig(max_num_batched_tokens=8192, **common))
-    kind, _, p = config.partition(":")
-    if kind not in ("static", "slo", "off"):
+    kind, _, rest = config.partition(":")
+    p, _, option = rest.partition(":")
+    if kind not in ("static", "slo", "off") or option not in ("", "noborrow"):
         raise ValueError(f"unknown engine config {config!r}")
     sp = SemiPDConfig(controller=kind, initial_prefill_sm_percent=100 * int(p or 64) / sms,
                       reachable_prefill_sms=(int(p),) if kind == "static" else None,
-                      monitoring_interval=2.0, cooldown_seconds=4.0)
+                      monitoring_interval=2.0, cooldown_seconds=4.0, decode_borrows_idle_prefill=option != "noborrow")
     return SemiPDEngine(EngineConfig(max_num_batched_tokens=args.semipd_prefill_tokens, mode="semi-pd", semipd=sp,
                                      **common))
 
@@ -299,6 +308,8 @@ def mixed(args: argparse.Namespace, trace: list[WorkloadRequest], out: dict[str,
                     res["allocation"] = st["allocation"]
                     res["controller"] = {k: st["controller"].get(k) for k in ("mode", "statistics")}
                     res["workers"] = st["workers"]
+                    res["switches"] = {k: st["partitions"].get(k) for k in ("num_reallocations", "switch_latency_ms")}
+                res["allocator"] = allocator_stats()
                 runs[f"{rate:g}"] = res
                 print(config, json.dumps(res), flush=True)
                 save()

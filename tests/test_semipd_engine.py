@@ -404,3 +404,39 @@ def test_llm_cli_and_server_client_reach_semipd(capsys: pytest.CaptureFixture[st
     rc = main(["generate", "--model", "tiny-llama", "--load-format", "dummy", "--device", "cpu", "--mode", "semi-pd",
                "--controller", "static", "--prompt", "Hi", "--max-tokens", "4", "--ignore-eos", "--json"])
     assert rc == 0 and len(json.loads(capsys.readouterr().out)["token_ids"]) == 4
+
+
+def test_decode_borrows_the_whole_device_only_while_prefill_is_idle(engine: SemiPDEngine) -> None:
+    from semipd.engine.workers import WholeDeviceBorrow
+
+    worker = engine.decode_worker
+    keys: list[tuple[object, bool]] = []  # (graph key, prefill had work at the decision)
+    decisions: list[bool] = []
+
+    def prefill_idle() -> bool:
+        idle = not engine.prefill_scheduler.has_work()
+        decisions.append(idle)
+        return idle
+
+    worker.borrow = WholeDeviceBorrow(None, "whole", prefill_idle)
+    original = worker.launch_step
+
+    def launch_step(batch, key):
+        keys.append((key, decisions[-1]))
+        return original(batch, key)
+
+    worker.launch_step = launch_step
+    ps = prompts(12, seed=40)
+    long = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    engine.add_request("first", ps[0], long)
+    outs = run_to_completion(engine)  # alone: prefill idle for most of its decode steps
+    for i, p in enumerate(ps[1:]):  # then a burst: prefill busy while decode runs
+        engine.add_request(f"b{i}", p, long)
+    outs.update(run_to_completion(engine))
+    assert worker.num_borrowed_steps == sum(1 for k, _ in keys if k == "whole") > 0
+    assert all((k == "whole") == idle for k, idle in keys)
+    assert any(k != "whole" for k, _ in keys)
+    ref = reference(ps, long)
+    assert [outs["first"][-1].token_ids] + [outs[f"b{i}"][-1].token_ids for i in range(11)] == ref
+    assert engine.get_status()["workers"]["decode"]["borrowed_steps"] == worker.num_borrowed_steps
+    assert engine.allocator.num_free == engine.allocator.num_blocks

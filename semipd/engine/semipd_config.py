@@ -55,6 +55,11 @@ class SemiPDConfig:
     launching kernels holds the GIL up to this long before the decode thread gets it. On an H100
     (64 prefill SMs, batch-64 decode steps beside 2048-token prefill iterations) the decode step's
     mean went from 22.0 ms at Python's default 5 ms to 18.7 ms at 0.2 ms (p90 53 -> 33 ms). None: leave it."""
+    decode_borrows_idle_prefill: bool = True
+    """While the prefill worker has nothing to do, run decode steps on the whole GPU (a graph
+    set captured on a whole-device stream) instead of leaving prefill's SMs idle. When prefill
+    work arrives it starts at once on its own SMs; decode is back on its partition from its
+    next step, so the two overlap for at most one decode step. Needs green contexts."""
     prefill_launch_lookahead_layers: int = 2
     """Decoder layers the prefill worker may queue ahead of the GPU. It checks for a switch at
     every layer boundary, so after a switch at most this many layers (plus the one being
@@ -89,6 +94,8 @@ class SemiPDConfig:
         if isinstance(self.max_graph_partitions, bool) or not isinstance(self.max_graph_partitions, int) \
                 or self.max_graph_partitions < 1:
             raise ValueError(f"max_graph_partitions must be an int >= 1, got {self.max_graph_partitions!r}")
+        if not isinstance(self.decode_borrows_idle_prefill, bool):
+            raise ValueError(f"decode_borrows_idle_prefill must be a bool, got {self.decode_borrows_idle_prefill!r}")
         lookahead = self.prefill_launch_lookahead_layers
         if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 1:
             raise ValueError(f"prefill_launch_lookahead_layers must be an int >= 1, got {lookahead!r}")
@@ -112,6 +119,8 @@ def add_semipd_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--predictor", default=d.predictor, help="controller predictor (paper, heuristic, ...)")
     g.add_argument("--reachable-prefill-sms", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
                    help="comma-separated prefill SM counts to pre-create (default: the controller's range)")
+    g.add_argument("--no-decode-borrow", dest="decode_borrows_idle_prefill", action="store_false", default=None,
+                   help="keep decode on its own SMs even while prefill is idle")
     g.add_argument("--max-graph-partitions", type=int, default=d.max_graph_partitions,
                    help="most partitions that get decode CUDA graphs")
 

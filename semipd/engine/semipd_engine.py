@@ -9,7 +9,8 @@ Same public surface as `Engine` (``add_request``, ``step``, ``abort``, ``has_unf
                       ^                    | hand-off: request + CUDA event (no KV copy)
                       | preemption         v
                       +------------ DecodeScheduler -> DecodeWorker (decode partition's stream,
-                                                                     a CUDA graph per partition x bucket)
+                                                                     a CUDA graph per partition x bucket;
+                                                                     the whole device while prefill is idle)
     step() <- RequestBook (outputs since the last call, waiting briefly when there are none)
 
 The `PartitionManager` pre-creates every reachable split; the SLO-aware controller (or
@@ -27,6 +28,8 @@ import threading
 import time
 from typing import Any
 
+import torch
+
 from semipd.allocation import SMAllocation
 from semipd.clock import Clock
 from semipd.engine.cuda_graphs import GraphRunner
@@ -36,8 +39,13 @@ from semipd.engine.model_runner import ModelRunner
 from semipd.engine.request_book import RequestBook
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
 from semipd.engine.semipd_config import SemiPDConfig
-from semipd.engine.semipd_setup import GraphCapture, build_partition_manager, capture_partition_graphs
-from semipd.engine.workers import DecodeWorker, PrefillWorker, Worker, WorkerContext
+from semipd.engine.semipd_setup import (
+    WHOLE_DEVICE,
+    GraphCapture,
+    build_partition_manager,
+    capture_partition_graphs,
+)
+from semipd.engine.workers import DecodeWorker, PrefillWorker, WholeDeviceBorrow, Worker, WorkerContext
 from semipd.metrics import SemiPDMetricsCollector
 from semipd.sched import (
     BlockAllocator,
@@ -71,11 +79,14 @@ class SemiPDEngine:
         self.kv_cache = allocate_kv_cache(config, self.model, self.device, self.max_model_len)
         self.graph_capture: GraphCapture | None = None
         graphs = None
+        whole_device = None
+        if self.semipd.decode_borrows_idle_prefill and self.partitions.backend == "green_contexts":
+            whole_device = torch.cuda.Stream(self.device)
         if not config.enforce_eager:
             graphs = GraphRunner(self.model, self.kv_cache, config.max_num_seqs, self.max_model_len)
             if self.device.type == "cuda":
                 self.graph_capture = capture_partition_graphs(graphs, self.partitions,
-                                                              self.semipd.max_graph_partitions)
+                                                              self.semipd.max_graph_partitions, whole_device)
         num_blocks = self.kv_cache.num_blocks
         self.allocator = BlockAllocator(num_blocks, config.block_size, int(num_blocks * config.kv_watermark))
 
@@ -98,8 +109,11 @@ class SemiPDEngine:
         self._add_lock = threading.Lock()
         ctx = WorkerContext(self.device, self.partitions, self._book, self.metrics_collector, self._clock,
                             self._record_system_metrics)
+        borrow = None
+        if whole_device is not None:
+            borrow = WholeDeviceBorrow(whole_device, WHOLE_DEVICE, lambda: not self.prefill_scheduler.has_work())
         self.decode_worker = DecodeWorker(ctx, self.decode_scheduler, ModelRunner(self.model, self.kv_cache, graphs),
-                                          self._on_blocks_freed)
+                                          self._on_blocks_freed, borrow)
         self.prefill_worker = PrefillWorker(ctx, self.prefill_scheduler, ModelRunner(self.model, self.kv_cache),
                                             self.decode_worker.hand_off, self.semipd.prefill_launch_lookahead_layers)
         self.controller_mode = self.semipd.controller
@@ -302,6 +316,7 @@ class SemiPDEngine:
             "workers": {"prefill": self._worker_status(self.prefill_worker),
                         "decode": {**self._worker_status(self.decode_worker),
                                    "graph_steps": self.decode_worker.num_graph_steps,
+                                   "borrowed_steps": self.decode_worker.num_borrowed_steps,
                                    "eager_steps": self.decode_worker.num_eager_steps}},
             "gil_switch_interval_s": sys.getswitchinterval(),
         }

@@ -10,8 +10,10 @@ wanted but cannot be had, the reason is logged and kept in the status.
 
 Graphs. A CUDA graph keeps the SMs of the stream it was captured on, so decode graphs are
 captured once per reachable partition on that partition's decode stream (keyed by its
-prefill SM count), and the decode worker replays the set of its current partition.
-Capture time and the device memory the graphs took are measured.
+prefill SM count), and the decode worker replays the set of its current partition. With
+``decode_borrows_idle_prefill`` one more set is captured on a whole-device stream (key
+`WHOLE_DEVICE`), replayed while prefill is idle. Capture time and the device memory the
+graphs took are measured.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from semipd.partition.green import (
 )
 
 logger = logging.getLogger(__name__)
+
+WHOLE_DEVICE = "whole-device"
+"""Graph key of the decode graphs captured on the whole-device stream."""
 
 CPU_GRID = SMGrid(total_sms=100, granularity=10, min_sms=10)
 """Nominal grid without a GPU: percentages in steps of 10."""
@@ -110,9 +115,11 @@ class GraphCapture:
                 "memory_mib": round(self.memory_bytes / 2**20, 1)}
 
 
-def capture_partition_graphs(graphs: GraphRunner, manager: PartitionManager, max_partitions: int) -> GraphCapture:
+def capture_partition_graphs(graphs: GraphRunner, manager: PartitionManager, max_partitions: int,
+                             whole_device_stream: torch.cuda.Stream | None = None) -> GraphCapture:
     """Capture one decode graph set per partition of `manager` (started, with streams) on its
-    decode stream. More partitions than `max_partitions` is a ValueError (bounded cost)."""
+    decode stream, plus one on `whole_device_stream` (key `WHOLE_DEVICE`) when given. More
+    partitions than `max_partitions` is a ValueError (bounded cost)."""
     parts = manager.partitions()
     if len(parts) > max_partitions:
         raise ValueError(f"max_graph_partitions is {max_partitions} but {len(parts)} partitions are reachable "
@@ -123,9 +130,13 @@ def capture_partition_graphs(graphs: GraphRunner, manager: PartitionManager, max
     start = time.perf_counter()
     for _, part in sorted(parts.items()):
         graphs.capture(key=part.prefill_sms, stream=part.decode_stream)  # the key the decode worker uses
+    sets = len(parts)
+    if whole_device_stream is not None:
+        graphs.capture(key=WHOLE_DEVICE, stream=whole_device_stream)
+        sets += 1
     torch.cuda.synchronize(device)
     free_after, _ = torch.cuda.mem_get_info(device)
-    capture = GraphCapture(len(parts), len(parts) * len(graphs.buckets), time.perf_counter() - start,
+    capture = GraphCapture(sets, sets * len(graphs.buckets), time.perf_counter() - start,
                            max(0, free_before - free_after))
     logger.info("semi-pd: captured %d decode graphs over %d partitions in %.1f s (%.0f MiB)", capture.num_graphs,
                 capture.num_partitions, capture.seconds, capture.memory_bytes / 2**20)

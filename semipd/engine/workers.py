@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,10 +167,14 @@ class Worker(threading.Thread):
                     self._idle()
 
     # -- pieces for subclasses --------------------------------------------------------------
+    def target_stream(self, part: Partition) -> Any:
+        """The stream to launch on within `part` (the decode worker may borrow the whole device)."""
+        return part.stream(self.phase)
+
     def _move(self, part: Partition) -> None:
-        """Run on `part`'s stream from now on; a new stream first waits on the old one (this
+        """Run on `target_stream(part)` from now on; a new stream first waits on the old one (this
         worker's earlier work stays ahead of its later work). Sets the current torch stream."""
-        stream = part.stream(self.phase)
+        stream = self.target_stream(part)
         if stream is not self.stream:
             if stream is not None and self.stream is not None:
                 stream.wait_stream(self.stream)
@@ -307,22 +311,42 @@ class PrefillWorker(Worker):
         return True
 
 
+@dataclass
+class WholeDeviceBorrow:
+    """Lets the decode worker run on every SM while prefill has nothing to do."""
+
+    stream: Any
+    """A stream over the whole device (None on CPU)."""
+    key: Hashable
+    """Graph key of the decode graphs captured on `stream`."""
+    prefill_idle: Callable[[], bool]
+
+
 class DecodeWorker(Worker):
     """Runs decode steps (one CUDA-graph replay per step when a graph covers the batch)."""
 
     phase = "decode"
 
     def __init__(self, ctx: WorkerContext, scheduler: DecodeScheduler, runner: ModelRunner,
-                 on_blocks_freed: Callable[[], None]) -> None:
+                 on_blocks_freed: Callable[[], None], borrow: WholeDeviceBorrow | None = None) -> None:
         super().__init__(ctx)
         self.scheduler = scheduler
         self.runner = runner
         self.on_blocks_freed = on_blocks_freed
         """Called when finished or aborted requests returned KV blocks (prefill may be waiting for them)."""
+        self.borrow = borrow
+        self.borrowing = False
+        """Whether the current launch stretch runs on the whole device."""
         self.num_graph_steps = 0
         self.num_eager_steps = 0
+        self.num_borrowed_steps = 0
         self._inbox: deque[tuple[Request, Any]] = deque()
         self._inbox_lock = threading.Lock()
+
+    def target_stream(self, part: Partition) -> Any:
+        borrow = self.borrow
+        self.borrowing = borrow is not None and borrow.prefill_idle()
+        return borrow.stream if self.borrowing else part.stream(self.phase)
 
     def hand_off(self, request: Request, event: Any) -> None:
         """A prefilled request and the event after which its KV is complete (None on CPU)."""
@@ -359,7 +383,9 @@ class DecodeWorker(Worker):
                 ctx.collector.record_decode_start(req.rid, timestamp=t0)
         try:
             with self.launch_stretch() as part:
-                pending = self.launch_step(batch, part.prefill_sms)
+                if self.borrowing:
+                    self.num_borrowed_steps += 1
+                pending = self.launch_step(batch, self.borrow.key if self.borrowing else part.prefill_sms)
             tokens = self.wait_tokens(pending)
             finished = self.scheduler.update(batch, tokens)
         except Exception as exc:
