@@ -240,8 +240,8 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
             old = pm.partitions()[pm.grid.prefill_sms(pm.current_allocation())]
             t0 = time.perf_counter()
             pm.request_sm_reallocation(pm.grid.allocation(splits[(3 * k) % len(splits)]))
-            while pm.switch_pending() and not stop.is_set():
-                time.sleep(0.0001)
+            if not pm.wait_switched(timeout=5.0):
+                continue
             events = [torch.cuda.Event() for _ in range(2)]
             events[0].record(old.prefill_stream)
             events[1].record(old.decode_stream)

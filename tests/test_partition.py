@@ -57,7 +57,8 @@ def test_a_launching_worker_gets_the_new_split_at_its_next_stretch():
         m.request_sm_reallocation(GRID.allocation(32))
         clock.advance(0.001)
         assert m.get_status()["switch_pending_for"] == ["decode"]
-    assert m.get_status()["switch_pending_for"] == []
+        assert not m.wait_switched(timeout=0.01)
+    assert m.get_status()["switch_pending_for"] == [] and m.wait_switched(timeout=0)
     with m.launching("decode") as part:
         assert part.decode_sms == 100
     assert m.get_status()["ack_latency_ms"]["decode"]["p50"] == pytest.approx(1.0)

@@ -21,6 +21,7 @@ workers start with the engine; `stop()` ends them (and the controller).
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import sys
@@ -44,6 +45,7 @@ from semipd.engine.semipd_setup import (
     GraphCapture,
     build_partition_manager,
     capture_partition_graphs,
+    warm_prefill_streams,
 )
 from semipd.engine.workers import DecodeWorker, PrefillWorker, WholeDeviceBorrow, Worker, WorkerContext
 from semipd.metrics import SemiPDMetricsCollector
@@ -116,6 +118,11 @@ class SemiPDEngine:
                                           self._on_blocks_freed, borrow)
         self.prefill_worker = PrefillWorker(ctx, self.prefill_scheduler, ModelRunner(self.model, self.kv_cache),
                                             self.decode_worker.hand_off, self.semipd.prefill_launch_lookahead_layers)
+        self.warm_up_seconds = 0.0
+        if self.device.type == "cuda" and self.partitions.backend != "none":
+            self.warm_up_seconds = warm_prefill_streams(
+                self.prefill_worker.runner, self.prefill_worker.throttle, self.partitions, self.allocator,
+                self.model_config.vocab_size, min(config.max_num_batched_tokens, self.max_model_len - 1))
         self.controller_mode = self.semipd.controller
         self.controller = self._build_controller()
         self.partitions.add_listener(self._on_reallocation)
@@ -139,6 +146,11 @@ class SemiPDEngine:
             cooldown_seconds=c.cooldown_seconds, candidate_bounds=bounds)
 
     def _start(self) -> None:
+        # Everything built so far (model, graphs, caches) lives as long as the engine: move it out
+        # of the cyclic collector's reach, so a full collection (which holds the GIL, and with it
+        # both workers) scans only what serving allocates.
+        gc.collect()
+        gc.freeze()
         interval = self.semipd.gil_switch_interval_s
         if interval is not None:
             self._saved_switch_interval = sys.getswitchinterval()

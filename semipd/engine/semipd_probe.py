@@ -22,26 +22,18 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from semipd.engine.sampling_params import SamplingParams
 from semipd.engine.semipd_engine import SemiPDEngine
+from semipd.engine.semipd_setup import synthetic_request
+from semipd.engine.workers import throttled_prefill
 from semipd.sched import Batch, PrefillChunk, Request
-
-_GREEDY = SamplingParams(temperature=0.0, max_tokens=1)
 
 
 def _request(engine: SemiPDEngine, rid: str, num_tokens: int) -> Request:
-    vocab = engine.model_config.vocab_size
-    prompt = [(7 * i + 11) % vocab for i in range(num_tokens)]
-    req = Request(rid, num_tokens, 1, 0.0, prompt_token_ids=prompt,
-                  payload=SimpleNamespace(params=_GREEDY, seed=0))
-    if not engine.allocator.allocate(req, num_tokens + 1, use_watermark=False):
-        raise RuntimeError(f"no KV room for a synthetic request of {num_tokens} tokens")
-    return req
+    return synthetic_request(engine.allocator, rid, num_tokens, engine.model_config.vocab_size)
 
 
 @contextmanager
@@ -69,10 +61,7 @@ def synthetic_batches(engine: SemiPDEngine, prefill_tokens: int, decode_batch: i
 def _prefill(engine: SemiPDEngine, batch: Batch, stream: Any) -> list[int]:
     """One prefill iteration as the prefill worker runs it (throttled per layer), on `stream`."""
     worker = engine.prefill_worker
-    try:
-        return worker.runner.launch(batch, layer_hook=lambda _: worker.throttle.mark(stream)).wait()
-    finally:
-        worker.throttle.reset()
+    return throttled_prefill(worker.runner, worker.throttle, batch, stream)
 
 
 def _on(stream: Any) -> contextlib.AbstractContextManager:

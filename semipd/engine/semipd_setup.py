@@ -21,12 +21,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
 from semipd.allocation import SMAllocation, SMGrid
 from semipd.engine.cuda_graphs import GraphRunner
+from semipd.engine.model_runner import ModelRunner
+from semipd.engine.sampling_params import SamplingParams
 from semipd.engine.semipd_config import SemiPDConfig
+from semipd.engine.workers import LaunchThrottle, throttled_prefill
 from semipd.partition.green import (
     HOPPER_MIN_SMS,
     HOPPER_SPLIT_GRANULARITY,
@@ -36,6 +40,7 @@ from semipd.partition.green import (
     SharedStreamFactory,
     green_contexts_unavailable_reason,
 )
+from semipd.sched import Batch, BlockAllocator, PrefillChunk, Request
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +146,37 @@ def capture_partition_graphs(graphs: GraphRunner, manager: PartitionManager, max
     logger.info("semi-pd: captured %d decode graphs over %d partitions in %.1f s (%.0f MiB)", capture.num_graphs,
                 capture.num_partitions, capture.seconds, capture.memory_bytes / 2**20)
     return capture
+
+
+_GREEDY_ONE = SamplingParams(temperature=0.0, max_tokens=1)
+
+
+def synthetic_request(allocator: BlockAllocator, rid: str, num_tokens: int, vocab_size: int) -> Request:
+    """A greedy request of `num_tokens` fixed prompt tokens with KV blocks for all of them (plus
+    one), taken from `allocator` (free them with ``allocator.free``). For warm-up and probes."""
+    prompt = [(7 * i + 11) % vocab_size for i in range(num_tokens)]
+    req = Request(rid, num_tokens, 1, 0.0, prompt_token_ids=prompt,
+                  payload=SimpleNamespace(params=_GREEDY_ONE, seed=0))
+    if not allocator.allocate(req, num_tokens + 1, use_watermark=False):
+        raise RuntimeError(f"no KV room for a synthetic request of {num_tokens} tokens")
+    return req
+
+
+def warm_prefill_streams(runner: ModelRunner, throttle: LaunchThrottle, manager: PartitionManager,
+                         allocator: BlockAllocator, vocab_size: int, num_tokens: int) -> float:
+    """Before serving, one prefill of `num_tokens` tokens on every partition's prefill stream.
+    Triton compiles the kernel variants it needs there, and PyTorch's caching allocator (whose
+    cached blocks belong to the stream that allocated them) keeps a prefill's working set for
+    each stream, so the first layers after a switch neither compile nor call cudaMalloc (which
+    showed up as ~20 ms launch stalls). Memory it cannot keep is released by the allocator as
+    usual. Returns the seconds it took."""
+    start = time.perf_counter()
+    req = synthetic_request(allocator, "warm-up", num_tokens, vocab_size)
+    try:
+        batch = Batch(prefills=[PrefillChunk(req, 0, num_tokens, True)])
+        for _, part in sorted(manager.partitions().items()):
+            with torch.cuda.stream(part.prefill_stream):
+                throttled_prefill(runner, throttle, batch, part.prefill_stream)
+    finally:
+        allocator.free(req)
+    return time.perf_counter() - start

@@ -92,6 +92,15 @@ class LaunchThrottle:
         self._queued.clear()
 
 
+def throttled_prefill(runner: ModelRunner, throttle: LaunchThrottle, batch: Batch, stream: Any) -> list[int]:
+    """One prefill batch on the current stream (`stream`) as the prefill worker launches it, with
+    `throttle` marking each decoder layer; waits for the sampled ids. For warm-up and probes."""
+    try:
+        return runner.launch(batch, layer_hook=lambda _: throttle.mark(stream)).wait()
+    finally:
+        throttle.reset()
+
+
 class Worker(threading.Thread):
     """Loop, partition switching, idling, stats and error handling common to both phases.
     Subclasses implement `iteration` (True when it did work) and `fail_batch`."""

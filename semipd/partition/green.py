@@ -199,6 +199,7 @@ class PartitionManager:
             raise ValueError(f"initial allocation {initial_sm_allocation} is outside reachable_prefill_sms")
         self._partitions: dict[int, Partition] = {}
         self._lock = threading.Lock()
+        self._switched = threading.Condition(self._lock)
         self._generation = 0
         self._requested_at = self._clock.now()
         self._acked: dict[str, int] = {p: 0 for p in PHASES}
@@ -277,6 +278,12 @@ class PartitionManager:
         """The allocation the workers are (or are moving) to."""
         return self.grid.allocation(self._target)
 
+    def wait_switched(self, timeout: float | None = None) -> bool:
+        """Block until both workers moved to the current target; False on timeout."""
+        with self._switched:
+            return self._switched.wait_for(lambda: all(self._acked[ph] == self._generation for ph in PHASES),
+                                           timeout)
+
     def switch_pending(self) -> list[str]:
         """The phases that have not moved to the current target yet."""
         with self._lock:
@@ -319,6 +326,7 @@ class PartitionManager:
         self.ack_latencies[phase].append(now - self._requested_at)
         if len(self._ack_time) == len(PHASES):
             self.switch_latencies.append(max(self._ack_time.values()) - self._requested_at)
+            self._switched.notify_all()
 
     def begin_launch(self, phase: str) -> Partition:
         """A worker is about to launch work: the partition whose stream it must launch on."""
