@@ -260,6 +260,9 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
     return {"requests": len(reqs), "finished": sum(r.finished for r in records), "seconds": round(wall, 1),
             "switches": st["num_reallocations"], "switch_latency_ms": st.get("switch_latency_ms"),
             "ack_latency_ms": st.get("ack_latency_ms"),
+            "prefill_acks_over_5ms": sorted((round(1000 * x, 2) for x in pm.ack_latencies["prefill"] if x > 0.005),
+                                            reverse=True),
+            "warm_up_seconds": round(engine.warm_up_seconds, 2),
             "drain_ms": {"p50": 1000 * float(np.percentile(drains, 50)), "p99": 1000 * float(np.percentile(drains, 99)),
                          "max": 1000 * max(drains), "count": len(drains)} if drains else None,
             "prefill_iteration_ms_p50":

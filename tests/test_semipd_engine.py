@@ -440,3 +440,27 @@ def test_decode_borrows_the_whole_device_only_while_prefill_is_idle(engine: Semi
     assert [outs["first"][-1].token_ids] + [outs[f"b{i}"][-1].token_ids for i in range(11)] == ref
     assert engine.get_status()["workers"]["decode"]["borrowed_steps"] == worker.num_borrowed_steps
     assert engine.allocator.num_free == engine.allocator.num_blocks
+
+
+def test_prefill_warm_up_runs_every_partition_and_returns_its_blocks(engine: SemiPDEngine) -> None:
+    from semipd.engine.semipd_setup import warm_prefill_streams
+
+    worker = engine.prefill_worker
+    calls = []
+    original = worker.runner.launch
+
+    def launch(batch, **kwargs):
+        calls.append([(c.start, c.num_tokens) for c in batch.prefills])
+        return original(batch, **kwargs)
+
+    worker.runner.launch = launch
+    seconds = warm_prefill_streams(worker.runner, worker.throttle, engine.partitions, engine.allocator,
+                                   engine.model_config.vocab_size, 48)
+    assert seconds >= 0 and engine.allocator.num_free == engine.allocator.num_blocks
+    assert calls[0] == [(0, 37)] and calls[1:3] == [[(0, 24)], [(24, 24)]]
+    assert calls[3:] == [[(0, 48)]] * len(engine.partitions.partitions())
+    ps = prompts(2, seed=5)  # the engine still serves correctly afterwards
+    for i, p in enumerate(ps):
+        engine.add_request(f"w{i}", p, GREEDY)
+    outs = run_to_completion(engine)
+    assert [outs[f"w{i}"][-1].token_ids for i in range(2)] == reference(ps)

@@ -21,7 +21,6 @@ workers start with the engine; `stop()` ends them (and the controller).
 
 from __future__ import annotations
 
-import gc
 import logging
 import random
 import sys
@@ -146,11 +145,6 @@ class SemiPDEngine:
             cooldown_seconds=c.cooldown_seconds, candidate_bounds=bounds)
 
     def _start(self) -> None:
-        # Everything built so far (model, graphs, caches) lives as long as the engine: move it out
-        # of the cyclic collector's reach, so a full collection (which holds the GIL, and with it
-        # both workers) scans only what serving allocates.
-        gc.collect()
-        gc.freeze()
         interval = self.semipd.gil_switch_interval_s
         if interval is not None:
             self._saved_switch_interval = sys.getswitchinterval()

@@ -162,21 +162,44 @@ def synthetic_request(allocator: BlockAllocator, rid: str, num_tokens: int, voca
     return req
 
 
+def _warm_up_batches(allocator: BlockAllocator, vocab_size: int, num_tokens: int,
+                     made: list[Request]) -> list[Batch]:
+    """Prefill batches of the shapes serving produces: several sequences of odd lengths, and a
+    prompt in two chunks (the second attends to cached context). Requests go into `made`."""
+    lengths = [n for n in (37, 301, 999) if n < num_tokens] or [num_tokens]
+    multi = [synthetic_request(allocator, f"warm-up-{i}", n, vocab_size) for i, n in enumerate(lengths)]
+    made.extend(multi)
+    batches = [Batch(prefills=[PrefillChunk(r, 0, r.num_prompt_tokens, True) for r in multi])]
+    if num_tokens >= 2:
+        two = synthetic_request(allocator, "warm-up-chunked", num_tokens, vocab_size)
+        made.append(two)
+        half = num_tokens // 2
+        batches += [Batch(prefills=[PrefillChunk(two, 0, half, False)]),
+                    Batch(prefills=[PrefillChunk(two, half, num_tokens - half, True)])]
+    return batches
+
+
 def warm_prefill_streams(runner: ModelRunner, throttle: LaunchThrottle, manager: PartitionManager,
                          allocator: BlockAllocator, vocab_size: int, num_tokens: int) -> float:
-    """Before serving, one prefill of `num_tokens` tokens on every partition's prefill stream.
-    Triton compiles the kernel variants it needs there, and PyTorch's caching allocator (whose
-    cached blocks belong to the stream that allocated them) keeps a prefill's working set for
-    each stream, so the first layers after a switch neither compile nor call cudaMalloc (which
-    showed up as ~20 ms launch stalls). Memory it cannot keep is released by the allocator as
-    usual. Returns the seconds it took."""
+    """Before serving: prefill batches of the usual shapes once (Triton compiles the kernel
+    variants they need), then one full `num_tokens` prefill on every partition's prefill stream
+    (PyTorch's caching allocator keeps cached blocks per stream, so each stream then holds a
+    prefill's working set). The first layers after a switch thus neither compile nor call
+    cudaMalloc. Memory the allocator cannot keep is released by it as usual. Returns seconds."""
     start = time.perf_counter()
-    req = synthetic_request(allocator, "warm-up", num_tokens, vocab_size)
+    made: list[Request] = []
     try:
-        batch = Batch(prefills=[PrefillChunk(req, 0, num_tokens, True)])
-        for _, part in sorted(manager.partitions().items()):
+        parts = [part for _, part in sorted(manager.partitions().items())]
+        with torch.cuda.stream(parts[0].prefill_stream):
+            for batch in _warm_up_batches(allocator, vocab_size, num_tokens, made):
+                throttled_prefill(runner, throttle, batch, parts[0].prefill_stream)
+        full = synthetic_request(allocator, "warm-up-full", num_tokens, vocab_size)
+        made.append(full)
+        batch = Batch(prefills=[PrefillChunk(full, 0, num_tokens, True)])
+        for part in parts:
             with torch.cuda.stream(part.prefill_stream):
                 throttled_prefill(runner, throttle, batch, part.prefill_stream)
     finally:
-        allocator.free(req)
+        for req in made:
+            allocator.free(req)
     return time.perf_counter() - start
