@@ -226,7 +226,7 @@ def micro(args: argparse.Namespace, trace: list[WorkloadRequest], out: dict[str,
 def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: tuple[int, ...],
                    args: argparse.Namespace) -> dict[str, Any]:
     short = [WorkloadRequest(r.arrival_time, min(r.input_len, 2000), min(r.output_len, 256)) for r in trace]
-    reqs = make_requests(short, 6.0, 8.0 if args.quick else 15.0, engine.model_config.vocab_size, 1)
+    reqs = make_requests(short, 6.0, 8.0 if args.quick else 30.0, engine.model_config.vocab_size, 1)
     pm = engine.partitions
     stop = threading.Event()
     drains: list[float] = []
@@ -249,13 +249,24 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
                 event.synchronize()
             drains.append(time.perf_counter() - t0)
 
+    pauses: list[tuple[int, float]] = []  # (generation, seconds) of each cyclic-GC run
+    gc_start: list[float] = []
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[:] = [time.perf_counter()]
+        elif gc_start:
+            pauses.append((info["generation"], time.perf_counter() - gc_start[0]))
+
     thread = threading.Thread(target=switcher, daemon=True)
+    gc.callbacks.append(on_gc)
     thread.start()
     try:
         records, wall = drive(engine, reqs, 60.0)
     finally:
         stop.set()
         thread.join()
+        gc.callbacks.remove(on_gc)
     st = pm.get_status()
     return {"requests": len(reqs), "finished": sum(r.finished for r in records), "seconds": round(wall, 1),
             "switches": st["num_reallocations"], "switch_latency_ms": st.get("switch_latency_ms"),
@@ -263,6 +274,8 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
             "prefill_acks_over_5ms": sorted((round(1000 * x, 2) for x in pm.ack_latencies["prefill"] if x > 0.005),
                                             reverse=True),
             "warm_up_seconds": round(engine.warm_up_seconds, 2),
+            "gc_runs": len(pauses), "gc_max_pause_ms": round(1000 * max((t for _, t in pauses), default=0.0), 2),
+            "gc_gen2_runs": sum(1 for g, _ in pauses if g == 2),
             "drain_ms": {"p50": 1000 * float(np.percentile(drains, 50)), "p99": 1000 * float(np.percentile(drains, 99)),
                          "max": 1000 * max(drains), "count": len(drains)} if drains else None,
             "prefill_iteration_ms_p50":

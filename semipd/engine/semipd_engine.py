@@ -21,6 +21,7 @@ workers start with the engine; `stop()` ends them (and the controller).
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import sys
@@ -126,6 +127,7 @@ class SemiPDEngine:
         self.controller = self._build_controller()
         self.partitions.add_listener(self._on_reallocation)
         self._saved_switch_interval: float | None = None
+        self._frozen = False
         self._start()
 
     # -- set-up -------------------------------------------------------------------------------
@@ -145,6 +147,13 @@ class SemiPDEngine:
             cooldown_seconds=c.cooldown_seconds, candidate_bounds=bounds)
 
     def _start(self) -> None:
+        # What start-up built (model, graphs, caches) lives as long as the engine: keep it out of
+        # the cyclic collector's scans, so a full collection (which holds the GIL, and with it both
+        # workers) walks only what serving allocates. `stop` unfreezes, so a stopped engine's
+        # reference cycles can be collected again.
+        gc.collect()
+        gc.freeze()
+        self._frozen = True
         interval = self.semipd.gil_switch_interval_s
         if interval is not None:
             self._saved_switch_interval = sys.getswitchinterval()
@@ -163,6 +172,9 @@ class SemiPDEngine:
         for worker in (self.prefill_worker, self.decode_worker):
             worker.stop()
         self.partitions.stop()
+        if self._frozen:
+            gc.unfreeze()
+            self._frozen = False
         if self._saved_switch_interval is not None:
             sys.setswitchinterval(self._saved_switch_interval)
             self._saved_switch_interval = None
