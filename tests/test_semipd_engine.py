@@ -464,3 +464,15 @@ def test_prefill_warm_up_runs_every_partition_and_returns_its_blocks(engine: Sem
         engine.add_request(f"w{i}", p, GREEDY)
     outs = run_to_completion(engine)
     assert [outs[f"w{i}"][-1].token_ids for i in range(2)] == reference(ps)
+
+
+def test_a_stopped_engine_is_collected() -> None:
+    import gc
+    import weakref
+
+    e = make_engine()
+    ref = weakref.ref(e)
+    e.stop()
+    del e
+    gc.collect()
+    assert ref() is None  # nothing (the GC freeze included) keeps its model and KV cache alive
