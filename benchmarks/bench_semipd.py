@@ -258,6 +258,31 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
         elif gc_start:
             pauses.append((info["generation"], time.perf_counter() - gc_start[0]))
 
+    # Long prefill launch stretches (> 5 ms): which stretch of its iteration, and after a move or not.
+    long_stretches: list[dict[str, Any]] = []
+    stretch = {"begin": 0.0, "index": 0, "iteration": -1, "part": None, "moved": False}
+    begin_launch, end_launch = pm.begin_launch, pm.end_launch
+    worker = engine.prefill_worker
+
+    def traced_begin(phase: str) -> Any:
+        part = begin_launch(phase)
+        if phase == "prefill":
+            if worker.num_iterations != stretch["iteration"]:
+                stretch.update(iteration=worker.num_iterations, index=0)
+            else:
+                stretch["index"] += 1
+            stretch.update(begin=time.perf_counter(), moved=part is not stretch["part"], part=part)
+        return part
+
+    def traced_end(phase: str) -> None:
+        if phase == "prefill":
+            took = time.perf_counter() - stretch["begin"]
+            if took > 0.005:
+                long_stretches.append({"ms": round(1000 * took, 2), "stretch": stretch["index"],
+                                       "moved": stretch["moved"]})
+        end_launch(phase)
+
+    pm.begin_launch, pm.end_launch = traced_begin, traced_end
     thread = threading.Thread(target=switcher, daemon=True)
     gc.callbacks.append(on_gc)
     thread.start()
@@ -267,6 +292,7 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
         stop.set()
         thread.join()
         gc.callbacks.remove(on_gc)
+        del pm.begin_launch, pm.end_launch
     st = pm.get_status()
     return {"requests": len(reqs), "finished": sum(r.finished for r in records), "seconds": round(wall, 1),
             "switches": st["num_reallocations"], "switch_latency_ms": st.get("switch_latency_ms"),
@@ -274,6 +300,7 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
             "prefill_acks_over_5ms": sorted((round(1000 * x, 2) for x in pm.ack_latencies["prefill"] if x > 0.005),
                                             reverse=True),
             "warm_up_seconds": round(engine.warm_up_seconds, 2),
+            "prefill_stretches_over_5ms": long_stretches,
             "gc_runs": len(pauses), "gc_max_pause_ms": round(1000 * max((t for _, t in pauses), default=0.0), 2),
             "gc_gen2_runs": sum(1 for g, _ in pauses if g == 2),
             "drain_ms": {"p50": 1000 * float(np.percentile(drains, 50)), "p99": 1000 * float(np.percentile(drains, 99)),
