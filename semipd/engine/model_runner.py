@@ -87,9 +87,9 @@ class ModelRunner:
         """Host arrays of `batch` (which must not be empty)."""
         return build_host_batch(batch, self.rows, self.block_size)
 
-    def prepare(self, batch: Batch) -> PreparedBatch:
+    def prepare(self, batch: Batch, host: HostBatch | None = None) -> PreparedBatch:
         """Device tensors for `batch` (which must not be empty), made by one host-to-device copy."""
-        hb = self.host_batch(batch)
+        hb = host if host is not None else self.host_batch(batch)
         s = hb.sampling
         (ids, positions, slots, seq_lens, cu, tables, rows, temps, top_ks, top_ps, seeds, steps) = \
             self.staging.to_device([hb.input_ids, hb.positions, hb.slot_mapping, hb.seq_lens, hb.cu_seqlens_q,
@@ -112,7 +112,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, batch: Batch, graph_key: Hashable = "default",
-               layer_hook: Callable[[int], None] | None = None) -> PendingTokens:
+               layer_hook: Callable[[int], None] | None = None, host: HostBatch | None = None) -> PendingTokens:
         """Launch `batch` on the current stream without waiting for it; `PendingTokens.wait()`
         gives one sampled token id per `batch.sampled_requests()` entry, in order. Decode-only
         batches replay the graph set `graph_key` of the `GraphRunner` when it covers them; eager
@@ -120,13 +120,13 @@ class ModelRunner:
         change the current stream: the rest of the batch then launches there)."""
         gr = self.graph_runner
         if gr is not None and not batch.prefills and gr.can_run(len(batch.decodes)):
-            hb = self.host_batch(batch)
+            hb = host if host is not None else self.host_batch(batch)
             tokens, logits, self.last_run_graphed = gr.decode(hb, graph_key)
             if hb.sampling.use_top_k_top_p:
                 tokens = self.sampler(logits, self._sampling_tensors(hb))
             return self._read_back(tokens)
         self.last_run_graphed = False
-        prepared = self.prepare(batch)
+        prepared = self.prepare(batch, host)
         hidden = self.model(prepared.input_ids, prepared.positions, self.kv_cache.layers, prepared.meta,
                             layer_hook=layer_hook)
         if not prepared.sampled:

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from semipd.clock import Clock
+from semipd.engine.batch_inputs import HostBatch
 from semipd.engine.engine import StepError
 from semipd.engine.model_runner import ModelRunner, PendingTokens
 from semipd.engine.request_book import RequestBook
@@ -298,8 +299,9 @@ class PrefillWorker(Worker):
                 seq.prefill_started = True
                 ctx.collector.record_prefill_start(chunk.request.rid, timestamp=t0)
         try:
+            host = self.runner.host_batch(batch)  # host-only work stays outside the launch stretch
             with self.launch_stretch():
-                pending = self.runner.launch(batch, layer_hook=self._layer_boundary)
+                pending = self.runner.launch(batch, layer_hook=self._layer_boundary, host=host)
                 event = None
                 if self.stream is not None:
                     event = torch.cuda.Event()
@@ -391,10 +393,11 @@ class DecodeWorker(Worker):
                 req.payload.decode_started = True
                 ctx.collector.record_decode_start(req.rid, timestamp=t0)
         try:
+            host = self.runner.host_batch(batch)  # host-only work stays outside the launch stretch
             with self.launch_stretch() as part:
                 if self.borrowing:
                     self.num_borrowed_steps += 1
-                pending = self.launch_step(batch, self.borrow.key if self.borrowing else part.prefill_sms)
+                pending = self.launch_step(batch, self.borrow.key if self.borrowing else part.prefill_sms, host)
             tokens = self.wait_tokens(pending)
             finished = self.scheduler.update(batch, tokens)
         except Exception as exc:
@@ -409,14 +412,14 @@ class DecodeWorker(Worker):
         ctx.record_system_metrics()
         return True
 
-    def run_step(self, batch: Batch, graph_key: int) -> list[int]:
+    def run_step(self, batch: Batch, graph_key: Hashable) -> list[int]:
         """`launch_step` and wait: the sampled token ids (the timing probes use it)."""
         return self.launch_step(batch, graph_key).wait()
 
-    def launch_step(self, batch: Batch, graph_key: int) -> PendingTokens:
+    def launch_step(self, batch: Batch, graph_key: Hashable, host: HostBatch | None = None) -> PendingTokens:
         """Launch one decode step: a replay of the graph set of the current partition (keyed by
         its prefill SM count) when it covers the batch, else eager."""
-        pending = self.runner.launch(batch, graph_key)
+        pending = self.runner.launch(batch, graph_key, host=host)
         if self.runner.last_run_graphed:
             self.num_graph_steps += 1
         else:
