@@ -279,8 +279,35 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
             took = time.perf_counter() - stretch["begin"]
             if took > 0.005:
                 long_stretches.append({"ms": round(1000 * took, 2), "stretch": stretch["index"],
-                                       "moved": stretch["moved"]})
+                                       "moved": stretch["moved"],
+                                       "parts_ms": {k: round(1000 * v, 2) for k, v in parts.items()}})
+            parts.clear()
         end_launch(phase)
+
+    # Where the time of a stretch goes: the runner's input preparation and layer 0's pieces.
+    parts: dict[str, float] = {}
+    hooks = []
+    layer0 = worker.runner.model.model.layers[0]
+    for name, module in (("norm0", layer0.input_layernorm), ("attn0", layer0.self_attn), ("mlp0", layer0.mlp)):
+        def pre(_m: Any, _a: Any, name: str = name) -> None:
+            if threading.current_thread() is worker:
+                parts[name + "_start"] = time.perf_counter()
+
+        def post(_m: Any, _a: Any, _o: Any, name: str = name) -> None:
+            if threading.current_thread() is worker and name + "_start" in parts:
+                parts[name] = time.perf_counter() - parts.pop(name + "_start")
+
+        hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    prepare = worker.runner.prepare
+
+    def traced_prepare(*a: Any, **k: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return prepare(*a, **k)
+        finally:
+            parts["prepare"] = time.perf_counter() - t
+
+    worker.runner.prepare = traced_prepare
 
     pm.begin_launch, pm.end_launch = traced_begin, traced_end
     thread = threading.Thread(target=switcher, daemon=True)
@@ -292,7 +319,9 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
         stop.set()
         thread.join()
         gc.callbacks.remove(on_gc)
-        del pm.begin_launch, pm.end_launch
+        del pm.begin_launch, pm.end_launch, worker.runner.prepare
+        for hook in hooks:
+            hook.remove()
     st = pm.get_status()
     return {"requests": len(reqs), "finished": sum(r.finished for r in records), "seconds": round(wall, 1),
             "switches": st["num_reallocations"], "switch_latency_ms": st.get("switch_latency_ms"),
