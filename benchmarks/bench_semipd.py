@@ -271,11 +271,12 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
                 stretch.update(iteration=worker.num_iterations, index=0)
             else:
                 stretch["index"] += 1
-            stretch.update(begin=time.perf_counter(), moved=part is not stretch["part"], part=part)
+            stretch.update(begin=time.perf_counter(), moved=part is not stretch["part"], part=part, open=True)
         return part
 
     def traced_end(phase: str) -> None:
         if phase == "prefill":
+            stretch["open"] = False
             took = time.perf_counter() - stretch["begin"]
             if took > 0.005:
                 long_stretches.append({"ms": round(1000 * took, 2), "stretch": stretch["index"],
@@ -310,6 +311,26 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
     worker.runner.prepare = traced_prepare
 
     pm.begin_launch, pm.end_launch = traced_begin, traced_end
+    stacks: list[dict[str, Any]] = []
+
+    def watchdog() -> None:
+        """Once per long prefill stretch (> 6 ms so far), the top frames of every thread."""
+        import traceback as tb
+
+        seen = None
+        while not stop.wait(0.002):
+            begin = stretch["begin"]
+            if begin and stretch.get("open") and time.perf_counter() - begin > 0.006 and seen != begin \
+                    and len(stacks) < 40:
+                seen = begin
+                frames = sys._current_frames()
+                names = {t.ident: t.name for t in threading.enumerate()}
+                stacks.append({names.get(ident, str(ident)): [f"{fs.filename.rsplit('/', 1)[-1]}:{fs.lineno} {fs.name}"
+                                                               for fs in tb.extract_stack(frame)[-4:]]
+                               for ident, frame in frames.items()})
+
+    dog = threading.Thread(target=watchdog, daemon=True)
+    dog.start()
     thread = threading.Thread(target=switcher, daemon=True)
     gc.callbacks.append(on_gc)
     thread.start()
@@ -318,6 +339,7 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
     finally:
         stop.set()
         thread.join()
+        dog.join()
         gc.callbacks.remove(on_gc)
         del pm.begin_launch, pm.end_launch, worker.runner.prepare
         for hook in hooks:
@@ -330,6 +352,7 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
                                             reverse=True),
             "warm_up_seconds": round(engine.warm_up_seconds, 2),
             "prefill_stretches_over_5ms": long_stretches,
+            "stacks_in_long_stretches": stacks,
             "gc_runs": len(pauses), "gc_max_pause_ms": round(1000 * max((t for _, t in pauses), default=0.0), 2),
             "gc_gen2_runs": sum(1 for g, _ in pauses if g == 2),
             "drain_ms": {"p50": 1000 * float(np.percentile(drains, 50)), "p99": 1000 * float(np.percentile(drains, 99)),
