@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_model_helpers import Blocks, hf_model, make_request, random_prompt, save_hf
 
-from semipd.engine.batch_inputs import RequestRows, build_host_batch
+from semipd.engine.batch_inputs import RequestRows, build_host_batch, padded_token_buckets, padded_token_count
 from semipd.engine.cuda_graphs import GraphRunner
 from semipd.engine.kv_cache import KVCache, KVCacheSpec
 from semipd.engine.loader import load_model
@@ -99,6 +99,33 @@ def test_host_batch_of_a_mixed_batch_matches_the_token_layout() -> None:
         assert getattr(only, name).tolist() == expected, name
     with pytest.raises(ValueError, match="empty"):
         build_host_batch(Batch(), rows, BS)
+
+
+def test_padded_prefill_batches_keep_their_layout_and_pad_with_unwritten_rows() -> None:
+    blocks = Blocks(200, seed=5)
+    a = make_request("a", random_prompt(11, seed=1))
+    b = make_request("b", random_prompt(300, seed=2))
+    blocks.give(a, 11, BS)
+    blocks.give(b, 300, BS)
+    b.num_computed_tokens = 40
+    batch = Batch(prefills=[PrefillChunk(a, 0, 11, True), PrefillChunk(b, 40, 260, True)])
+    plain = build_host_batch(batch, RequestRows(vocab_size=512), BS)
+    padded = build_host_batch(batch, RequestRows(vocab_size=512), BS, pad_prefill=True)
+    assert len(plain.input_ids) == 271 and len(padded.input_ids) == padded_token_count(271) == 272
+    for name in ("input_ids", "positions", "slot_mapping"):
+        assert getattr(padded, name)[:271].tolist() == getattr(plain, name).tolist()
+    assert padded.slot_mapping[271:].tolist() == [-1] and padded.cu_seqlens_q.tolist() == plain.cu_seqlens_q.tolist()
+    assert padded.sample_rows.tolist() == plain.sample_rows.tolist()
+    decodes = [_decoding("d", 5, 2, blocks)]  # mixed batches are never padded (decode rows sit at the end)
+    mixed = Batch(prefills=[PrefillChunk(a, 0, 11, True)], decodes=decodes)
+    assert len(build_host_batch(mixed, RequestRows(vocab_size=512), BS, pad_prefill=True).input_ids) == 12
+
+
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 255, 256, 257, 1000, 2049, 4096, 8191])
+def test_padded_token_count_is_a_bucket_within_one_sixteenth(n: int) -> None:
+    padded = padded_token_count(n)
+    assert n <= padded and padded - n < (16 if n <= 256 else n / 16) and padded in padded_token_buckets(8192)
+    assert len(padded_token_buckets(4096)) == 80
 
 
 def test_staging_packs_dtypes_into_one_buffer() -> None:

@@ -455,7 +455,7 @@ def test_prefill_warm_up_runs_every_partition_and_returns_its_blocks(engine: Sem
 
     worker.runner.launch = launch
     seconds = warm_prefill_streams(worker.runner, worker.throttle, engine.partitions, engine.allocator,
-                                   engine.model_config.vocab_size, 48)
+                                   engine.model_config.vocab_size, 48, 4)
     assert seconds >= 0 and engine.allocator.num_free == engine.allocator.num_blocks
     assert calls[0] == [(0, 37)] and calls[1:3] == [[(0, 24)], [(24, 24)]]
     assert calls[3:] == [[(0, 48)]] * len(engine.partitions.partitions())

@@ -153,8 +153,30 @@ class HostBatch:
     max_seqlen_k: int
 
 
-def build_host_batch(batch: Batch, rows: RequestRows, block_size: int) -> HostBatch:
-    """Host arrays of `batch`, which must not be empty."""
+PAD_STEPS_PER_OCTAVE = 16
+"""Token-count buckets of padded prefill batches: every multiple of 16 up to 256, then 16
+evenly spaced sizes per doubling (at most 1/16 = 6.25% padding)."""
+
+
+def padded_token_count(num_tokens: int) -> int:
+    """The smallest bucket holding `num_tokens` (see `PAD_STEPS_PER_OCTAVE`)."""
+    if num_tokens <= 256:
+        return -(-num_tokens // 16) * 16
+    step = (1 << (num_tokens.bit_length() - 1)) // PAD_STEPS_PER_OCTAVE
+    return -(-num_tokens // step) * step
+
+
+def padded_token_buckets(max_tokens: int) -> list[int]:
+    """Every bucket `padded_token_count` can return for 1..`max_tokens` tokens."""
+    return sorted({padded_token_count(n) for n in range(1, max_tokens + 1)})
+
+
+def build_host_batch(batch: Batch, rows: RequestRows, block_size: int, pad_prefill: bool = False) -> HostBatch:
+    """Host arrays of `batch`, which must not be empty. With `pad_prefill`, a batch of prefill
+    chunks only is padded to `padded_token_count` rows (token 0, position 0, slot -1: nothing
+    is written to the cache; attention leaves rows past ``cu_seqlens_q[-1]`` alone), so its
+    matmuls see a bounded set of shapes (new GEMM shapes made cuBLAS stall the launching
+    thread for milliseconds the first time)."""
     if batch.is_empty:
         raise ValueError("cannot run an empty batch")
     chunks, decodes = batch.prefills, batch.decodes
@@ -185,6 +207,11 @@ def build_host_batch(batch: Batch, rows: RequestRows, block_size: int) -> HostBa
             ids.extend(c.request.token_ids(c.start, c.end))
         ids.extend(last[nc:])
         input_ids = np.array(ids, dtype=np.int64)
+        if pad_prefill and not decodes:
+            pad = padded_token_count(total) - total
+            input_ids = np.concatenate([input_ids, np.zeros(pad, dtype=np.int64)])
+            positions = np.concatenate([positions, np.zeros(pad, dtype=np.int64)])
+            slots = np.concatenate([slots, np.full(pad, -1, dtype=np.int64)])
         sampled_idx = [i for i, c in enumerate(chunks) if c.is_last] + list(range(nc, len(reqs)))
         sample_rows = cu[1:][sampled_idx] - 1
         cu = cu.astype(np.int32)

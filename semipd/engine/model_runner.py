@@ -67,7 +67,8 @@ class PendingTokens:
 class ModelRunner:
     """Runs one scheduler iteration on the device: build inputs, forward, logits of sampled rows, sample."""
 
-    def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, graph_runner: GraphRunner | None = None) -> None:
+    def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, graph_runner: GraphRunner | None = None,
+                 pad_prefill: bool = False) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.block_size = kv_cache.spec.block_size
@@ -76,6 +77,8 @@ class ModelRunner:
         self.sampler = Sampler()
         self.rows = RequestRows(model.config.vocab_size)
         self.staging = Staging(self.device)
+        self.pad_prefill = pad_prefill
+        """Pad prefill-only batches to a token-count bucket (`batch_inputs.padded_token_count`)."""
         self.last_run_graphed = False
         """Whether the last `launch` replayed a captured CUDA graph."""
         cuda = self.device.type == "cuda"
@@ -85,7 +88,7 @@ class ModelRunner:
 
     def host_batch(self, batch: Batch) -> HostBatch:
         """Host arrays of `batch` (which must not be empty)."""
-        return build_host_batch(batch, self.rows, self.block_size)
+        return build_host_batch(batch, self.rows, self.block_size, self.pad_prefill)
 
     def prepare(self, batch: Batch, host: HostBatch | None = None) -> PreparedBatch:
         """Device tensors for `batch` (which must not be empty), made by one host-to-device copy."""

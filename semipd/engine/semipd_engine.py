@@ -116,13 +116,15 @@ class SemiPDEngine:
             borrow = WholeDeviceBorrow(whole_device, WHOLE_DEVICE, lambda: not self.prefill_scheduler.has_work())
         self.decode_worker = DecodeWorker(ctx, self.decode_scheduler, ModelRunner(self.model, self.kv_cache, graphs),
                                           self._on_blocks_freed, borrow)
-        self.prefill_worker = PrefillWorker(ctx, self.prefill_scheduler, ModelRunner(self.model, self.kv_cache),
+        self.prefill_worker = PrefillWorker(ctx, self.prefill_scheduler,
+                                            ModelRunner(self.model, self.kv_cache, pad_prefill=True),
                                             self.decode_worker.hand_off, self.semipd.prefill_launch_lookahead_layers)
         self.warm_up_seconds = 0.0
         if self.device.type == "cuda" and self.partitions.backend != "none":
             self.warm_up_seconds = warm_prefill_streams(
                 self.prefill_worker.runner, self.prefill_worker.throttle, self.partitions, self.allocator,
-                self.model_config.vocab_size, min(config.max_num_batched_tokens, self.max_model_len - 1))
+                self.model_config.vocab_size, min(config.max_num_batched_tokens, self.max_model_len - 1),
+                config.max_num_seqs)
         self.controller_mode = self.semipd.controller
         self.controller = self._build_controller()
         self.partitions.add_listener(self._on_reallocation)
