@@ -10,7 +10,8 @@ micro (one Semi-PD engine, splits 16..112 prefill SMs):
 - GIL: the same at P64 under several ``sys.setswitchinterval`` values;
 - switch latency under load: Azure-trace requests while a re-partition is requested every
   100 ms; request -> neither worker launches on the old split any more (both, and per
-  worker), and request -> the work they left there finished on the GPU (the drain).
+  worker), and request -> the work they left there finished on the GPU (the drain), with the
+  diagnostics of ``launch_trace.py`` (long prefill launch stretches, thread stacks, GC pauses).
 
 mixed: the Azure conversation trace's lengths (prompts capped at 7000, outputs at 1024,
 random token ids, ignore_eos), Poisson arrivals at each ``--rates`` for ``--duration`` s,
@@ -249,112 +250,23 @@ def switch_latency(engine: SemiPDEngine, trace: list[WorkloadRequest], splits: t
                 event.synchronize()
             drains.append(time.perf_counter() - t0)
 
-    pauses: list[tuple[int, float]] = []  # (generation, seconds) of each cyclic-GC run
-    gc_start: list[float] = []
+    from launch_trace import LaunchTrace  # a sibling module (GPU only; not needed by the CPU tests)
 
-    def on_gc(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            gc_start[:] = [time.perf_counter()]
-        elif gc_start:
-            pauses.append((info["generation"], time.perf_counter() - gc_start[0]))
-
-    # Long prefill launch stretches (> 5 ms): which stretch of its iteration, and after a move or not.
-    long_stretches: list[dict[str, Any]] = []
-    stretch = {"begin": 0.0, "index": 0, "iteration": -1, "part": None, "moved": False}
-    begin_launch, end_launch = pm.begin_launch, pm.end_launch
-    worker = engine.prefill_worker
-
-    def traced_begin(phase: str) -> Any:
-        part = begin_launch(phase)
-        if phase == "prefill":
-            if worker.num_iterations != stretch["iteration"]:
-                stretch.update(iteration=worker.num_iterations, index=0)
-            else:
-                stretch["index"] += 1
-            stretch.update(begin=time.perf_counter(), moved=part is not stretch["part"], part=part, open=True)
-        return part
-
-    def traced_end(phase: str) -> None:
-        if phase == "prefill":
-            stretch["open"] = False
-            took = time.perf_counter() - stretch["begin"]
-            if took > 0.005:
-                long_stretches.append({"ms": round(1000 * took, 2), "stretch": stretch["index"],
-                                       "moved": stretch["moved"],
-                                       "parts_ms": {k: round(1000 * v, 2) for k, v in parts.items()}})
-            parts.clear()
-        end_launch(phase)
-
-    # Where the time of a stretch goes: the runner's input preparation and layer 0's pieces.
-    parts: dict[str, float] = {}
-    hooks = []
-    layer0 = worker.runner.model.model.layers[0]
-    for name, module in (("norm0", layer0.input_layernorm), ("attn0", layer0.self_attn), ("mlp0", layer0.mlp)):
-        def pre(_m: Any, _a: Any, name: str = name) -> None:
-            if threading.current_thread() is worker:
-                parts[name + "_start"] = time.perf_counter()
-
-        def post(_m: Any, _a: Any, _o: Any, name: str = name) -> None:
-            if threading.current_thread() is worker and name + "_start" in parts:
-                parts[name] = time.perf_counter() - parts.pop(name + "_start")
-
-        hooks += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    prepare = worker.runner.prepare
-
-    def traced_prepare(*a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return prepare(*a, **k)
-        finally:
-            parts["prepare"] = time.perf_counter() - t
-
-    worker.runner.prepare = traced_prepare
-
-    pm.begin_launch, pm.end_launch = traced_begin, traced_end
-    stacks: list[dict[str, Any]] = []
-
-    def watchdog() -> None:
-        """Once per long prefill stretch (> 6 ms so far), the top frames of every thread."""
-        import traceback as tb
-
-        seen = None
-        while not stop.wait(0.002):
-            begin = stretch["begin"]
-            if begin and stretch.get("open") and time.perf_counter() - begin > 0.006 and seen != begin \
-                    and len(stacks) < 40:
-                seen = begin
-                frames = sys._current_frames()
-                names = {t.ident: t.name for t in threading.enumerate()}
-                stacks.append({names.get(ident, str(ident)): [f"{fs.filename.rsplit('/', 1)[-1]}:{fs.lineno} {fs.name}"
-                                                               for fs in tb.extract_stack(frame)[-4:]]
-                               for ident, frame in frames.items()})
-
-    dog = threading.Thread(target=watchdog, daemon=True)
-    dog.start()
     thread = threading.Thread(target=switcher, daemon=True)
-    gc.callbacks.append(on_gc)
-    thread.start()
-    try:
-        records, wall = drive(engine, reqs, 60.0)
-    finally:
-        stop.set()
-        thread.join()
-        dog.join()
-        gc.callbacks.remove(on_gc)
-        del pm.begin_launch, pm.end_launch, worker.runner.prepare
-        for hook in hooks:
-            hook.remove()
+    with LaunchTrace(engine) as trace:
+        thread.start()
+        try:
+            records, wall = drive(engine, reqs, 60.0)
+        finally:
+            stop.set()
+            thread.join()
     st = pm.get_status()
     return {"requests": len(reqs), "finished": sum(r.finished for r in records), "seconds": round(wall, 1),
             "switches": st["num_reallocations"], "switch_latency_ms": st.get("switch_latency_ms"),
             "ack_latency_ms": st.get("ack_latency_ms"),
             "prefill_acks_over_5ms": sorted((round(1000 * x, 2) for x in pm.ack_latencies["prefill"] if x > 0.005),
                                             reverse=True),
-            "warm_up_seconds": round(engine.warm_up_seconds, 2),
-            "prefill_stretches_over_5ms": long_stretches,
-            "stacks_in_long_stretches": stacks,
-            "gc_runs": len(pauses), "gc_max_pause_ms": round(1000 * max((t for _, t in pauses), default=0.0), 2),
-            "gc_gen2_runs": sum(1 for g, _ in pauses if g == 2),
+            "warm_up_seconds": round(engine.warm_up_seconds, 2), **trace.results(),
             "drain_ms": {"p50": 1000 * float(np.percentile(drains, 50)), "p99": 1000 * float(np.percentile(drains, 99)),
                          "max": 1000 * max(drains), "count": len(drains)} if drains else None,
             "prefill_iteration_ms_p50":

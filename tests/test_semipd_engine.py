@@ -407,7 +407,7 @@ def test_llm_cli_and_server_client_reach_semipd(capsys: pytest.CaptureFixture[st
 
 
 def test_decode_borrows_the_whole_device_only_while_prefill_is_idle(engine: SemiPDEngine) -> None:
-    from semipd.engine.workers import WholeDeviceBorrow
+    from semipd.engine.decode_worker import WholeDeviceBorrow
 
     worker = engine.decode_worker
     keys: list[tuple[object, bool]] = []  # (graph key, prefill had work at the decision)

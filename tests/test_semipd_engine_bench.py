@@ -59,3 +59,23 @@ def test_summarize_counts_unfinished_requests_as_misses() -> None:
     third = pytest.approx(1 / 3, abs=1e-4)
     assert stats["slo_attainment"] == {"200_30": third, "300_40": third, "500_50": third}
     assert stats["tpot_ms_p50_p90_p99"][0] == pytest.approx(35.0)
+
+
+def test_launch_trace_wraps_the_engine_and_restores_it() -> None:
+    spec = importlib.util.spec_from_file_location("launch_trace", _PATH.parent / "launch_trace.py")
+    trace_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace_module)
+    engine = SemiPDEngine(EngineConfig(mode="semi-pd", semipd=SemiPDConfig(controller="static"), **CONFIG))
+    try:
+        pm, runner = engine.partitions, engine.prefill_worker.runner
+        with trace_module.LaunchTrace(engine) as trace:
+            assert "begin_launch" in vars(pm) and "prepare" in vars(runner)
+            records, _ = bench.drive(engine, bench.make_requests(TRACE, 50.0, 0.2, 512, seed=1), drain_s=30.0)
+        assert all(r.finished for r in records)
+        assert "begin_launch" not in vars(pm) and "end_launch" not in vars(pm) and "prepare" not in vars(runner)
+        out = trace.results()
+        assert set(out) == {"prefill_stretches_over_5ms", "stacks_in_long_stretches", "gc_runs", "gc_max_pause_ms",
+                            "gc_gen2_runs"}
+        assert all(s["ms"] > 5 for s in out["prefill_stretches_over_5ms"])
+    finally:
+        engine.stop()

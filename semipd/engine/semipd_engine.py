@@ -34,9 +34,11 @@ import torch
 from semipd.allocation import SMAllocation
 from semipd.clock import Clock
 from semipd.engine.cuda_graphs import GraphRunner
+from semipd.engine.decode_worker import DecodeWorker, WholeDeviceBorrow
 from semipd.engine.engine import allocate_kv_cache, build_request, check_request, load_engine_model, resolve_device
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.model_runner import ModelRunner
+from semipd.engine.prefill_worker import PrefillWorker
 from semipd.engine.request_book import RequestBook
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
 from semipd.engine.semipd_config import SemiPDConfig
@@ -47,7 +49,7 @@ from semipd.engine.semipd_setup import (
     capture_partition_graphs,
     warm_prefill_streams,
 )
-from semipd.engine.workers import DecodeWorker, PrefillWorker, WholeDeviceBorrow, Worker, WorkerContext
+from semipd.engine.workers import Worker, WorkerContext
 from semipd.metrics import SemiPDMetricsCollector
 from semipd.sched import (
     BlockAllocator,

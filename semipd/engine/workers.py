@@ -1,5 +1,6 @@
-"""The Semi-PD engine's two workers: threads that run prefill and decode at the same time,
-each on the CUDA stream of its SM partition, over one model and one paged KV cache.
+"""What the Semi-PD engine's two workers share: threads that run prefill and decode at the same
+time, each on the CUDA stream of its SM partition, over one model and one paged KV cache
+(`semipd.engine.prefill_worker`, `semipd.engine.decode_worker`).
 
 Each iteration of a worker::
 
@@ -32,20 +33,19 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from semipd.clock import Clock
-from semipd.engine.batch_inputs import HostBatch
 from semipd.engine.engine import StepError
 from semipd.engine.model_runner import ModelRunner, PendingTokens
 from semipd.engine.request_book import RequestBook
 from semipd.metrics import SemiPDMetricsCollector
 from semipd.partition.green import Partition, PartitionManager
-from semipd.sched import DecodeScheduler, PrefillScheduler, Request
+from semipd.sched import Request
 from semipd.sched.batch import Batch
 
 logger = logging.getLogger(__name__)
@@ -261,167 +261,3 @@ class Worker(threading.Thread):
                 collector.record_token(req.rid, timestamp=t)
             if req.is_finished:
                 collector.record_request_completion(req.rid, req.num_output_tokens, success=True, timestamp=t)
-
-
-class PrefillWorker(Worker):
-    """Runs prefill batches (chunked, FCFS) and hands prefilled requests to decode."""
-
-    phase = "prefill"
-
-    def __init__(self, ctx: WorkerContext, scheduler: PrefillScheduler, runner: ModelRunner,
-                 hand_off: Callable[[Request, Any], None], lookahead_layers: int = 2) -> None:
-        super().__init__(ctx)
-        self.scheduler = scheduler
-        self.runner = runner
-        self.hand_off = hand_off
-        self.throttle = LaunchThrottle(lookahead_layers)
-
-    def _layer_boundary(self, layer: int) -> None:
-        """Between two decoder layers: end the launch stretch, let the GPU catch up to within
-        the lookahead, and begin the next stretch (on a new stream after a switch)."""
-        pm = self.ctx.partitions
-        pm.end_launch(self.phase)
-        self.throttle.mark(self.stream)
-        self._move(pm.begin_launch(self.phase))
-
-    def iteration(self) -> bool:
-        ctx = self.ctx
-        if ctx.book.has_pending_aborts():
-            self.apply_aborts(self.scheduler.abort)
-        batch = self.scheduler.schedule()
-        if batch.is_empty:
-            return False
-        self.num_iterations += 1
-        t0 = ctx.clock.now()
-        for chunk in batch.prefills:
-            seq = chunk.request.payload
-            if not seq.prefill_started:
-                seq.prefill_started = True
-                ctx.collector.record_prefill_start(chunk.request.rid, timestamp=t0)
-        try:
-            host = self.runner.host_batch(batch)  # host-only work stays outside the launch stretch
-            with self.launch_stretch():
-                pending = self.runner.launch(batch, layer_hook=self._layer_boundary, host=host)
-                event = None
-                if self.stream is not None:
-                    event = torch.cuda.Event()
-                    event.record(self.stream)
-            tokens = self.wait_tokens(pending)
-            handoffs = self.scheduler.update(batch, tokens)
-        except Exception as exc:
-            self.batch_failed(batch, exc, self.scheduler.abort)
-            return True
-        finally:
-            self.throttle.reset()
-        t1 = ctx.clock.now()
-        self.timings.append((batch.num_prefill_tokens, t1 - t0))
-        self.publish(batch.sampled_requests(), t1)
-        for req in handoffs:
-            self.hand_off(req, event)
-        ctx.record_system_metrics()
-        return True
-
-
-@dataclass
-class WholeDeviceBorrow:
-    """Lets the decode worker run on every SM while prefill has nothing to do."""
-
-    stream: Any
-    """A stream over the whole device (None on CPU)."""
-    key: Hashable
-    """Graph key of the decode graphs captured on `stream`."""
-    prefill_idle: Callable[[], bool]
-
-
-class DecodeWorker(Worker):
-    """Runs decode steps (one CUDA-graph replay per step when a graph covers the batch)."""
-
-    phase = "decode"
-
-    def __init__(self, ctx: WorkerContext, scheduler: DecodeScheduler, runner: ModelRunner,
-                 on_blocks_freed: Callable[[], None], borrow: WholeDeviceBorrow | None = None) -> None:
-        super().__init__(ctx)
-        self.scheduler = scheduler
-        self.runner = runner
-        self.on_blocks_freed = on_blocks_freed
-        """Called when finished or aborted requests returned KV blocks (prefill may be waiting for them)."""
-        self.borrow = borrow
-        self.borrowing = False
-        """Whether the current launch stretch runs on the whole device."""
-        self.num_graph_steps = 0
-        self.num_eager_steps = 0
-        self.num_borrowed_steps = 0
-        self._inbox: deque[tuple[Request, Any]] = deque()
-        self._inbox_lock = threading.Lock()
-
-    def target_stream(self, part: Partition) -> Any:
-        borrow = self.borrow
-        self.borrowing = borrow is not None and borrow.prefill_idle()
-        return borrow.stream if self.borrowing else part.stream(self.phase)
-
-    def hand_off(self, request: Request, event: Any) -> None:
-        """A prefilled request and the event after which its KV is complete (None on CPU)."""
-        with self._inbox_lock:
-            self._inbox.append((request, event))
-        self.wake()
-
-    @property
-    def num_inbox(self) -> int:
-        return len(self._inbox)
-
-    def _admit_hand_offs(self) -> None:
-        with self._inbox_lock:
-            items, self._inbox = self._inbox, deque()
-        for req, event in items:
-            if event is not None and self.stream is not None:
-                self.stream.wait_event(event)
-            self.scheduler.add_request(req)
-
-    def iteration(self) -> bool:
-        ctx = self.ctx
-        self._admit_hand_offs()
-        free = ctx.book.has_pending_aborts() and self.apply_aborts(self.scheduler.abort)
-        batch = self.scheduler.schedule()
-        if batch.is_empty:
-            if free:
-                self.on_blocks_freed()
-            return False
-        self.num_iterations += 1
-        t0 = ctx.clock.now()
-        for req in batch.decodes:
-            if not req.payload.decode_started:
-                req.payload.decode_started = True
-                ctx.collector.record_decode_start(req.rid, timestamp=t0)
-        try:
-            host = self.runner.host_batch(batch)  # host-only work stays outside the launch stretch
-            with self.launch_stretch() as part:
-                if self.borrowing:
-                    self.num_borrowed_steps += 1
-                pending = self.launch_step(batch, self.borrow.key if self.borrowing else part.prefill_sms, host)
-            tokens = self.wait_tokens(pending)
-            finished = self.scheduler.update(batch, tokens)
-        except Exception as exc:
-            self.batch_failed(batch, exc, self.scheduler.abort)
-            self.on_blocks_freed()
-            return True
-        t1 = ctx.clock.now()
-        self.timings.append((len(batch.decodes), t1 - t0))
-        self.publish(batch.decodes, t1)
-        if finished or free:
-            self.on_blocks_freed()
-        ctx.record_system_metrics()
-        return True
-
-    def run_step(self, batch: Batch, graph_key: Hashable) -> list[int]:
-        """`launch_step` and wait: the sampled token ids (the timing probes use it)."""
-        return self.launch_step(batch, graph_key).wait()
-
-    def launch_step(self, batch: Batch, graph_key: Hashable, host: HostBatch | None = None) -> PendingTokens:
-        """Launch one decode step: a replay of the graph set of the current partition (keyed by
-        its prefill SM count) when it covers the batch, else eager."""
-        pending = self.runner.launch(batch, graph_key, host=host)
-        if self.runner.last_run_graphed:
-            self.num_graph_steps += 1
-        else:
-            self.num_eager_steps += 1
-        return pending
