@@ -293,6 +293,22 @@ def test_config_validation() -> None:
         SemiPDConfig(reachable_prefill_sms=[32, 64])
     with pytest.raises(ValueError, match="gil_switch_interval_s"):
         SemiPDConfig(gil_switch_interval_s=0)
+    with pytest.raises(ValueError, match="prefill_launch_lookahead_layers"):
+        SemiPDConfig(prefill_launch_lookahead_layers=0)
+    with pytest.raises(ValueError, match="decode_borrows_idle_prefill"):
+        SemiPDConfig(decode_borrows_idle_prefill="yes")
+
+
+def test_semipd_flags_reach_the_config() -> None:
+    import argparse
+
+    from semipd.engine.semipd_config import add_semipd_arguments, semipd_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_semipd_arguments(parser)
+    assert semipd_config_from_args(parser.parse_args([])).decode_borrows_idle_prefill is True
+    cfg = semipd_config_from_args(parser.parse_args(["--no-decode-borrow", "--controller", "static"]))
+    assert cfg.decode_borrows_idle_prefill is False and cfg.controller == "static"
     with pytest.raises(ValueError, match="reachable_prefill_sms"):
         SemiPDEngine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=16,
                                   mode="semi-pd", semipd=SemiPDConfig(reachable_prefill_sms=(25,))))
