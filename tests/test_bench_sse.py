@@ -73,6 +73,16 @@ def test_parse_chunk_reads_text_delta_usage_and_errors() -> None:
     assert [c.text for c in chunks] == [" Hello", " wörld", "!", ""]
     assert chunks[-1].completion_tokens == 3 and chunks[-1].prompt_tokens == 5
     assert [parse_chunk(c).text for c in CHAT_CHUNKS] == ["", "Hi", " there", "hmm", "", ""]
+    assert [c.is_token for c in chunks] == [True, True, True, False]
+    assert [parse_chunk(c).is_token for c in CHAT_CHUNKS] == [False, True, True, True, False, False]
+
+
+def test_a_token_without_text_still_counts_but_closing_chunks_do_not() -> None:
+    empty = {"choices": [{"index": 0, "text": "", "finish_reason": None}]}
+    closing = {"choices": [{"index": 0, "text": "", "finish_reason": "length"}]}
+    chat_empty = {"choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": None}]}
+    assert parse_chunk(empty).is_token and parse_chunk(chat_empty).is_token
+    assert not parse_chunk(closing).is_token and not parse_chunk({"choices": []}).is_token
     new_style = parse_chunk({"error": {"message": "out of KV blocks", "type": "InternalServerError", "code": 500}})
     old_style = parse_chunk({"object": "error", "message": "bad prompt", "type": "BadRequestError", "code": 400})
     assert new_style.error == "server error in stream: out of KV blocks"

@@ -97,8 +97,9 @@ async def first_model(session: aiohttp.ClientSession, base_url: str, api_key: st
 class StreamTimings:
     """Timings and counts gathered while one response streams in (times from the send).
 
-    Only chunks with non-empty text count: a chat stream's opening role chunk, a closing
-    ``finish_reason`` chunk and the usage chunk carry no token and are not timed.
+    Only chunks that carry a token count (`StreamChunk.is_token`: text, or an empty text field
+    for a token that decodes to no text yet, as vLLM's client counts them); a chat stream's
+    opening role chunk, a closing ``finish_reason`` chunk and the usage chunk are not timed.
     """
 
     ttft: float | None = None
@@ -130,7 +131,7 @@ class StreamTimings:
             self.completion_tokens = chunk.completion_tokens
         if chunk.prompt_tokens is not None:
             self.prompt_tokens = chunk.prompt_tokens
-        if chunk.text:
+        if chunk.is_token:
             if self.ttft is None:
                 self.ttft = elapsed
             else:

@@ -65,6 +65,10 @@ class StreamChunk:
     """What one ``chat.completion.chunk`` / ``text_completion`` chunk carries for timing."""
 
     text: str = ""
+    is_token: bool = False
+    """The chunk carries a generated token: non-empty text, or a text/content field that is
+    empty (a token that decodes to no text yet) on a chunk that is neither a chat role chunk
+    nor a closing ``finish_reason`` chunk. vLLM's client times such chunks too."""
     completion_tokens: int | None = None
     prompt_tokens: int | None = None
     error: str = ""
@@ -83,18 +87,22 @@ def parse_chunk(data: dict[str, Any]) -> StreamChunk:
         err = data.get("error", data)
         message = err.get("message", err) if isinstance(err, dict) else err
         return StreamChunk(error=f"server error in stream: {message}")
-    text = ""
+    text, is_token = "", False
     choices = data.get("choices") or []
     if choices:
         choice = choices[0]
         if "delta" in choice:
             delta = choice.get("delta") or {}
             text = (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+            field_present = isinstance(delta.get("content"), str) and "role" not in delta
         else:
             text = choice.get("text") or ""
+            field_present = isinstance(choice.get("text"), str)
+        is_token = bool(text) or (field_present and choice.get("finish_reason") is None)
     usage = data.get("usage") or {}
     return StreamChunk(
         text=text,
+        is_token=is_token,
         completion_tokens=usage.get("completion_tokens"),
         prompt_tokens=usage.get("prompt_tokens"),
     )
