@@ -26,6 +26,11 @@ from semipd.engine.sampling_params import RequestOutput, SamplingParams
 logger = logging.getLogger(__name__)
 
 
+def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
 class QueueFullError(RuntimeError):
     """More than `max_waiting` requests are waiting; retry later (HTTP 503)."""
 
@@ -153,20 +158,31 @@ class AsyncEngine:
 
     # -- engine thread --------------------------------------------------------------------
     def _deliver(self, rid: str, item: RequestOutput | BaseException) -> None:
-        done = isinstance(item, BaseException) or item.finished
+        self._deliver_all([(rid, item)])
+
+    def _deliver_all(self, items: list[tuple[str, RequestOutput | BaseException]]) -> None:
+        """Hand each item to its request's queue: one wake-up per event loop for the whole list
+        (a step's outputs), not one per output, so the server's loop and the engine's workers
+        spend less of the shared GIL on thread hand-offs."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[str, _Stream, RequestOutput | BaseException, bool]]] = {}
         with self._cond:
-            stream = self._streams.pop(rid, None) if done else self._streams.get(rid)
-        if stream is None:
-            return
-        if isinstance(item, RequestOutput):
-            stream.last = item
-        try:
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
-        except RuntimeError:  # the consumer's loop is closed: nobody is listening
-            if not done:
-                self.engine.abort(rid)
-                with self._cond:
-                    self._streams.pop(rid, None)
+            for rid, item in items:
+                done = isinstance(item, BaseException) or item.finished
+                stream = self._streams.pop(rid, None) if done else self._streams.get(rid)
+                if stream is None:
+                    continue
+                if isinstance(item, RequestOutput):
+                    stream.last = item
+                by_loop.setdefault(stream.loop, []).append((rid, stream, item, done))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, [(stream.queue, item) for _, stream, item, _ in batch])
+            except RuntimeError:  # the consumer's loop is closed: nobody is listening
+                for rid, _, _, done in batch:
+                    if not done:
+                        self.engine.abort(rid)
+                        with self._cond:
+                            self._streams.pop(rid, None)
 
     def _take_inbox(self) -> tuple[list[tuple[str, list[int], SamplingParams]], list[str]] | None:
         """Wait for work; None when stopping."""
@@ -229,8 +245,7 @@ class AsyncEngine:
             for rid in exc.rids:
                 self._deliver(rid, RequestFailedError(str(exc)))
             return
-        for out in outputs:
-            self._deliver(out.rid, out)
+        self._deliver_all([(out.rid, out) for out in outputs])
 
     def _fail_all(self, exc: Exception) -> None:
         """An error outside a step (the engine's state is unknown): end every open request."""
