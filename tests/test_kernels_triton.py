@@ -266,6 +266,7 @@ def skinny_matmul_tiles() -> None:
 @case
 def split_policy_and_configs() -> None:
     from semipd.engine.kernels.triton_decode_attention import DecodeConfig, num_decode_splits
+    from semipd.engine.kernels.triton_gemv import GemvConfig
     from semipd.engine.kernels.triton_prefill_attention import PrefillConfig, default_prefill_config
 
     assert num_decode_splits(1, 8, 8192, 132) == 32
@@ -289,6 +290,13 @@ def split_policy_and_configs() -> None:
         except ValueError:
             continue
         raise AssertionError(f"PrefillConfig({bad}) was accepted")
+    for bad in ({"block_k": 100}, {"num_warps": 32}):
+        try:
+            GemvConfig(**bad)
+        except ValueError as exc:
+            assert next(iter(bad)) in str(exc)  # the error names the field
+            continue
+        raise AssertionError(f"GemvConfig({bad}) was accepted")
 
 
 @pytest.fixture(scope="module")

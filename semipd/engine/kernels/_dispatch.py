@@ -1,9 +1,11 @@
-"""When the dispatchers use Triton: CUDA tensors, and only if triton is installed."""
+"""When the dispatchers use Triton (CUDA tensors, and only if triton is installed), and the
+checks every kernel's launch configuration shares."""
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+from typing import Any
 
 import torch
 
@@ -29,3 +31,17 @@ def device_sm_count(device: torch.device, default: int = 132) -> int:
     if device.type != "cuda":
         return default
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def check_launch_config(config: Any, tiles: tuple[str, ...], at_least_one: tuple[str, ...] = ("num_stages",)) -> None:
+    """ValueError naming the field unless every field in `tiles` is a power of two >= 16,
+    ``num_warps`` is a power of two <= 16 and every field in `at_least_one` is >= 1."""
+    for name in tiles:
+        value = getattr(config, name)
+        if value < 16 or value & (value - 1):
+            raise ValueError(f"{name} must be a power of two >= 16, got {value}")
+    if config.num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps must be a power of two <= 16, got {config.num_warps}")
+    for name in at_least_one:
+        if getattr(config, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(config, name)}")

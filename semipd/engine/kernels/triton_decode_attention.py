@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from semipd.engine.kernels._dispatch import device_sm_count
+from semipd.engine.kernels._dispatch import check_launch_config, device_sm_count
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,7 @@ class DecodeConfig:
     """Aim for at least ``waves * num_sms`` stage-1 programs when splitting."""
 
     def __post_init__(self) -> None:
-        if self.block_n < 16 or self.block_n & (self.block_n - 1):
-            raise ValueError(f"block_n must be a power of two >= 16, got {self.block_n}")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"num_warps must be a power of two <= 16, got {self.num_warps}")
-        for name in ("num_stages", "max_splits", "min_tokens_per_split", "waves"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_launch_config(self, ("block_n",), ("num_stages", "max_splits", "min_tokens_per_split", "waves"))
 
 
 def num_decode_splits(

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from semipd.engine.kernels._dispatch import check_launch_config
+
 MAX_ROWS = 16
 
 
@@ -28,14 +30,7 @@ class GemvConfig:
     dot: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("block_n", "block_k"):
-            value = getattr(self, name)
-            if value < 16 or value & (value - 1):
-                raise ValueError(f"{name} must be a power of two >= 16, got {value}")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"num_warps must be a power of two <= 16, got {self.num_warps}")
-        if self.num_stages < 1:
-            raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
+        check_launch_config(self, ("block_n", "block_k"))
 
 
 CANDIDATES = (

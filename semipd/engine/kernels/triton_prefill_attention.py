@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from semipd.engine.kernels._dispatch import device_sm_count
+from semipd.engine.kernels._dispatch import check_launch_config, device_sm_count
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,7 @@ class PrefillConfig:
     num_stages: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("block_m", "block_n"):
-            value = getattr(self, name)
-            if value < 16 or value & (value - 1):
-                raise ValueError(f"{name} must be a power of two >= 16, got {value}")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"num_warps must be a power of two <= 16, got {self.num_warps}")
-        if self.num_stages < 1:
-            raise ValueError(f"num_stages must be >= 1, got {self.num_stages}")
+        check_launch_config(self, ("block_m", "block_n"))
 
 
 def default_prefill_config(head_dim: int, num_programs: int | None = None, num_sms: int = 132) -> PrefillConfig:

@@ -22,6 +22,17 @@ def _rotate(x_ptr, stride_t, stride_h, t, num_heads, half, cos, sin, BLOCK_H: tl
 
 
 @triton.jit
+def _cos_sin(cache_ptr, pos_ptr, t, stride_cache, half, BLOCK_HALF: tl.constexpr):
+    """cos and sin of token `t`'s position, [1, BLOCK_HALF] float32 (0 past `half`)."""
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    d = tl.arange(0, BLOCK_HALF)[None, :]
+    dmask = d < half
+    cos = tl.load(cache_ptr + pos * stride_cache + d, mask=dmask, other=0.0).to(tl.float32)
+    sin = tl.load(cache_ptr + pos * stride_cache + half + d, mask=dmask, other=0.0).to(tl.float32)
+    return cos, sin
+
+
+@triton.jit
 def _rope_kernel(
     q_ptr,
     k_ptr,
@@ -40,11 +51,7 @@ def _rope_kernel(
     BLOCK_HALF: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + t).to(tl.int64)
-    d = tl.arange(0, BLOCK_HALF)[None, :]
-    dmask = d < half
-    cos = tl.load(cache_ptr + pos * stride_cache + d, mask=dmask, other=0.0).to(tl.float32)
-    sin = tl.load(cache_ptr + pos * stride_cache + half + d, mask=dmask, other=0.0).to(tl.float32)
+    cos, sin = _cos_sin(cache_ptr, pos_ptr, t, stride_cache, half, BLOCK_HALF)
     _rotate(q_ptr, stride_qt, stride_qh, t, num_q_heads, half, cos, sin, BLOCK_HQ, BLOCK_HALF)
     _rotate(k_ptr, stride_kt, stride_kh, t, num_k_heads, half, cos, sin, BLOCK_HK, BLOCK_HALF)
 

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from semipd.engine.kernels.rope import check_rope_args
-from semipd.engine.kernels.triton_rope import _rotate
+from semipd.engine.kernels.triton_rope import _cos_sin, _rotate
 
 
 @triton.jit
@@ -41,16 +41,13 @@ def _rope_store_kernel(
     BLOCK_HALF: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + t).to(tl.int64)
-    d = tl.arange(0, BLOCK_HALF)[None, :]
-    dmask = d < half
-    cos = tl.load(cache_ptr + pos * stride_cache + d, mask=dmask, other=0.0).to(tl.float32)
-    sin = tl.load(cache_ptr + pos * stride_cache + half + d, mask=dmask, other=0.0).to(tl.float32)
+    cos, sin = _cos_sin(cache_ptr, pos_ptr, t, stride_cache, half, BLOCK_HALF)
     _rotate(q_ptr, stride_qt, stride_qh, t, num_q_heads, half, cos, sin, BLOCK_HQ, BLOCK_HALF)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot >= 0:
         h = tl.arange(0, BLOCK_HK)[:, None]
-        mask = (h < num_kv_heads) & dmask
+        d = tl.arange(0, BLOCK_HALF)[None, :]
+        mask = (h < num_kv_heads) & (d < half)
         src = k_ptr + t * stride_kt + h * stride_kh + d
         k1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
         k2 = tl.load(src + half, mask=mask, other=0.0).to(tl.float32)
