@@ -32,10 +32,6 @@ from semipd.engine.workers import throttled_prefill
 from semipd.sched import Batch, PrefillChunk, Request
 
 
-def _request(engine: SemiPDEngine, rid: str, num_tokens: int) -> Request:
-    return synthetic_request(engine.allocator, rid, num_tokens, engine.model_config.vocab_size)
-
-
 @contextmanager
 def synthetic_batches(engine: SemiPDEngine, prefill_tokens: int, decode_batch: int, context: int):
     """(prefill batch of one `prefill_tokens`-token prompt, decode batch of `decode_batch`
@@ -44,11 +40,12 @@ def synthetic_batches(engine: SemiPDEngine, prefill_tokens: int, decode_batch: i
         raise RuntimeError("the engine must be idle while a probe runs")
     made: list[Request] = []
     try:
-        made.append(_request(engine, "probe-prefill", prefill_tokens))
+        vocab = engine.model_config.vocab_size
+        made.append(synthetic_request(engine.allocator, "probe-prefill", prefill_tokens, vocab))
         prefill = Batch(prefills=[PrefillChunk(made[0], 0, prefill_tokens, True)])
         decodes = []
         for i in range(decode_batch):
-            req = _request(engine, f"probe-decode-{i}", context - 1)
+            req = synthetic_request(engine.allocator, f"probe-decode-{i}", context - 1, vocab)
             req.append_token(1)  # one token generated: the step decodes position context - 1
             decodes.append(req)
             made.append(req)

@@ -28,7 +28,6 @@ import torch
 from semipd.allocation import SMAllocation, SMGrid
 from semipd.engine.batch_inputs import padded_token_buckets
 from semipd.engine.cuda_graphs import GraphRunner
-from semipd.engine.model.llama import LlamaForCausalLM
 from semipd.engine.model_runner import ModelRunner
 from semipd.engine.sampling_params import SamplingParams
 from semipd.engine.semipd_config import SemiPDConfig
@@ -181,31 +180,13 @@ def _warm_up_batches(allocator: BlockAllocator, vocab_size: int, num_tokens: int
     return batches
 
 
-@torch.inference_mode()
-def warm_matmul_shapes(model: LlamaForCausalLM, token_counts: list[int], sample_counts: list[int]) -> None:
-    """Run every matmul shape a padded prefill batch can produce on the current stream: the
-    decoder's four projections at each of `token_counts` rows and the LM head at each of
-    `sample_counts` rows. cuBLAS does per-shape set-up the first time, and on an H100 that
-    stalled the launching thread for 5-40 ms (until the other partition's work drained)."""
-    layer = model.model.layers[0]
-    attn, mlp = layer.self_attn, layer.mlp
-    cfg = model.config
-    for m in token_counts:
-        x = torch.zeros(m, cfg.hidden_size, dtype=model.dtype, device=model.device)
-        attn.qkv_proj(x)
-        attn.o_proj(torch.zeros(m, cfg.q_size, dtype=model.dtype, device=model.device))
-        mlp.down_proj(mlp.gate_up_proj(x)[:, :cfg.intermediate_size])
-    for m in sample_counts:
-        model.lm_logits(torch.zeros(m, cfg.hidden_size, dtype=model.dtype, device=model.device))
-
-
 def warm_prefill_streams(runner: ModelRunner, throttle: LaunchThrottle, manager: PartitionManager,
                          allocator: BlockAllocator, vocab_size: int, num_tokens: int, max_seqs: int) -> float:
     """Before serving: prefill batches of the usual shapes once (Triton compiles the kernel
     variants they need); then on every partition's prefill stream one full `num_tokens`
     prefill (PyTorch's caching allocator keeps cached blocks per stream, so each stream then
     holds a prefill's working set) and every matmul shape of a padded prefill batch
-    (`warm_matmul_shapes`). The first layers of an iteration, and of a stream after a switch,
+    (`LlamaForCausalLM.warm_up_matmuls`). The first layers of an iteration, and of a stream after a switch,
     thus neither compile, nor call cudaMalloc, nor meet a new GEMM shape. Memory the allocator
     cannot keep is released by it as usual. Returns seconds."""
     start = time.perf_counter()
@@ -222,7 +203,7 @@ def warm_prefill_streams(runner: ModelRunner, throttle: LaunchThrottle, manager:
         for part in parts:
             with torch.cuda.stream(part.prefill_stream):
                 throttled_prefill(runner, throttle, batch, part.prefill_stream)
-                warm_matmul_shapes(runner.model, token_counts, list(range(1, max_seqs + 1)))
+                runner.model.warm_up_matmuls(token_counts, range(1, max_seqs + 1))
             if part.prefill_stream is not None:
                 part.prefill_stream.synchronize()
     finally:

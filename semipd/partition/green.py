@@ -281,13 +281,16 @@ class PartitionManager:
     def wait_switched(self, timeout: float | None = None) -> bool:
         """Block until both workers moved to the current target; False on timeout."""
         with self._switched:
-            return self._switched.wait_for(lambda: all(self._acked[ph] == self._generation for ph in PHASES),
-                                           timeout)
+            return self._switched.wait_for(lambda: not self._pending(), timeout)
 
     def switch_pending(self) -> list[str]:
         """The phases that have not moved to the current target yet."""
         with self._lock:
-            return [ph for ph in PHASES if self._acked[ph] != self._generation]
+            return self._pending()
+
+    def _pending(self) -> list[str]:
+        """Phases not yet on the current target (caller holds the lock)."""
+        return [ph for ph in PHASES if self._acked[ph] != self._generation]
 
     def get_status(self) -> dict[str, Any]:
         pending = self.switch_pending()

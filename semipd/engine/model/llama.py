@@ -203,6 +203,21 @@ class LlamaForCausalLM(nn.Module):
         self.skinny.tune([m.weight for m in self.modules() if isinstance(m, Linear)] + [self.lm_head.weight],
                          max_rows=max_rows)
 
+    @torch.inference_mode()
+    def warm_up_matmuls(self, token_counts: Sequence[int], sample_counts: Sequence[int]) -> None:
+        """Run every matmul shape of a batch of each of `token_counts` tokens (the decoder's four
+        projections) and of each of `sample_counts` sampled rows (the LM head) on the current
+        stream. cuBLAS does per-shape set-up the first time it sees one, and on an H100 that
+        stalled the launching thread for 5-40 ms (until the other partition's work drained)."""
+        layer, c = self.model.layers[0], self.config
+        for m in token_counts:
+            x = torch.zeros(m, c.hidden_size, dtype=self.dtype, device=self.device)
+            layer.self_attn.qkv_proj(x)
+            layer.self_attn.o_proj(torch.zeros(m, c.q_size, dtype=self.dtype, device=self.device))
+            layer.mlp.down_proj(layer.mlp.gate_up_proj(x)[:, :c.intermediate_size])
+        for m in sample_counts:
+            self.lm_logits(torch.zeros(m, c.hidden_size, dtype=self.dtype, device=self.device))
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> [N, vocab] float32 logits."""
         return self.lm_logits(hidden).float()
