@@ -104,7 +104,7 @@ def throttled_prefill(runner: ModelRunner, throttle: LaunchThrottle, batch: Batc
 
 class Worker(threading.Thread):
     """Loop, partition switching, idling, stats and error handling common to both phases.
-    Subclasses implement `iteration` (True when it did work) and `fail_batch`."""
+    Subclasses implement `iteration` (True when it did work)."""
 
     phase = ""
 
@@ -115,7 +115,6 @@ class Worker(threading.Thread):
         self._woken = True
         self._stopping = False
         self.stream: Any = None
-        self.partition: Partition | None = None
         self.num_iterations = 0
         self.num_errors = 0
         self.last_error: str | None = None
@@ -191,7 +190,6 @@ class Worker(threading.Thread):
             self.stream = stream
             if stream is not None:
                 torch.cuda.set_stream(stream)
-        self.partition = part
 
     @contextlib.contextmanager
     def launch_stretch(self) -> Iterator[Partition]:
