@@ -19,7 +19,25 @@ from collections.abc import Callable
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+def _interpreter_blocker() -> str | None:
+    """Why the Triton interpreter cannot run here, or None. Triton < 3.7's interpreter calls ``int()``
+    on one-element arrays, which numpy >= 2.4 refuses (the compiled kernels are unaffected)."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    from importlib.metadata import version
+
+    def major_minor(name: str) -> tuple[int, int]:
+        return tuple(int(p) for p in version(name).split(".")[:2])  # type: ignore[return-value]
+
+    if major_minor("triton") < (3, 7) and major_minor("numpy") >= (2, 4):
+        return (f"the interpreter of triton {version('triton')} fails with numpy {version('numpy')}: "
+                "install triton>=3.7 or numpy<2.4 to run these cases")
+    return None
+
+
+_BLOCKER = _interpreter_blocker()
+pytestmark = pytest.mark.skipif(_BLOCKER is not None, reason=_BLOCKER or "")
 
 CASES: dict[str, Callable[[], None]] = {}
 
@@ -29,8 +47,11 @@ def case(fn: Callable[[], None]) -> Callable[[], None]:
     return fn
 
 
-def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
-    tol = 1e-5 if out.dtype == torch.float32 else 3e-3
+def _close(out: torch.Tensor, ref: torch.Tensor, reduction: int = 1) -> None:
+    """`out` matches `ref` within rounding. Summing `reduction` products in another order moves the
+    result by a random walk of roundings, so the tolerance grows as its square root (one product's
+    tolerance at ``reduction=1``; a K=512 fp32 dot product may differ by ~1.2e-5 between orders)."""
+    tol = (1e-5 if out.dtype == torch.float32 else 3e-3) * max(1.0, reduction ** 0.5)
     torch.testing.assert_close(out.float(), ref.float(), rtol=tol, atol=tol)
 
 
@@ -250,12 +271,12 @@ def skinny_matmul_tiles() -> None:
     for rows, n, k in ((1, 100, 300), (3, 64, 512), (16, 33, 257)):
         x, w, b = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)
         for cfg in (c for c in CANDIDATES if rows == 1 or c.dot):
-            _close(gemv_triton(x, w, b, cfg), x @ w.t() + b)
+            _close(gemv_triton(x, w, b, cfg), x @ w.t() + b, reduction=k)
         out = torch.empty(rows, n)
         assert gemv_triton(x, w, None, GemvConfig(block_n=16, block_k=128), out=out) is out
-        _close(out, x @ w.t())
+        _close(out, x @ w.t(), reduction=k)
     x, w = torch.randn(2, 64).half(), torch.randn(48, 64).half()
-    _close(gemv_triton(x, w), (x.float() @ w.float().t()).half())
+    _close(gemv_triton(x, w), (x.float() @ w.float().t()).half(), reduction=64)
     try:
         gemv_triton(torch.randn(2, 8), torch.randn(4, 8), config=GemvConfig(dot=False))
     except ValueError:
