@@ -43,10 +43,9 @@ from typing import Any
 
 import torch
 
-from semipd.engine.config import ModelConfig
+from semipd.engine.config import ModelConfig, resolve_model_config
 from semipd.engine.engine import Engine
 from semipd.engine.engine_config import EngineConfig
-from semipd.engine.loader import resolve_model_config
 from semipd.engine.sampling_params import SamplingParams
 from semipd.engine.step_profile import MethodTimers, kernel_profile
 from semipd.sched.batch import Batch, PrefillChunk
@@ -301,15 +300,14 @@ def graphs_equal_eager(engine: Engine, num_prompts: int, max_tokens: int) -> dic
     prompts = [[rng.randrange(vocab) for _ in range(rng.randint(8, 100))] for _ in range(num_prompts)]
 
     def run(tag: str) -> list[list[int]]:
-        final: dict[str, list[int]] = {}
+        tokens: dict[str, list[int]] = {}
         for i, p in enumerate(prompts):
             engine.add_request(f"{tag}-{i}", p, SamplingParams(max_tokens=max_tokens, ignore_eos=True,
                                                                temperature=0.0))
         while engine.has_unfinished():
-            for out in engine.step():
-                if out.finished:
-                    final[out.rid] = out.token_ids
-        return [final[f"{tag}-{i}"] for i in range(len(prompts))]
+            for delta in engine.step():
+                tokens.setdefault(delta.rid, []).extend(delta.new_token_ids)
+        return [tokens[f"{tag}-{i}"] for i in range(len(prompts))]
 
     graphs = run("graph")
     saved, engine.runner.graph_runner = engine.runner.graph_runner, None

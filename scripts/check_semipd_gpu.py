@@ -89,9 +89,8 @@ def run_semipd(engine: SemiPDEngine, work: list, gap_s: float, every: int = 3) -
     feeder.start()
     tokens: dict[str, list[int]] = {}
     while feeder.is_alive() or engine.has_unfinished():
-        for out in engine.step():
-            if out.finished:
-                tokens[out.rid] = out.token_ids
+        for delta in engine.step():
+            tokens.setdefault(delta.rid, []).extend(delta.new_token_ids)
         if time.perf_counter() - start > 300:
             raise RuntimeError(f"semi-pd run stalled: {engine.get_status()}")
     feeder.join()

@@ -5,9 +5,11 @@ survived."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 from test_model_helpers import random_prompt
@@ -54,14 +56,27 @@ def force_repartitions(engine: SemiPDEngine, every: int = 3) -> None:
     pm.begin_launch = begin_launch
 
 
-def run_to_completion(engine: SemiPDEngine, timeout: float = DEADLINE_S) -> dict[str, list]:
+@dataclass
+class Out:
+    """One engine delta with the request's tokens so far."""
+
+    rid: str
+    new_token_ids: list[int]
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None
+
+
+def run_to_completion(engine: SemiPDEngine, timeout: float = DEADLINE_S) -> dict[str, list[Out]]:
     """Step until nothing is unfinished; the outputs of each request, in order."""
-    outs: dict[str, list] = {}
+    outs: dict[str, list[Out]] = {}
     deadline = time.monotonic() + timeout
     while engine.has_unfinished():
         assert time.monotonic() < deadline, f"stalled: {engine.get_status()}"
-        for out in engine.step():
-            outs.setdefault(out.rid, []).append(out)
+        for d in engine.step():
+            stream = outs.setdefault(d.rid, [])
+            so_far = (stream[-1].token_ids if stream else []) + list(d.new_token_ids)
+            stream.append(Out(d.rid, list(d.new_token_ids), so_far, d.finished, d.finish_reason))
     return outs
 
 
@@ -138,17 +153,16 @@ def test_preemption_under_a_tiny_kv_pool_keeps_tokens() -> None:
         engine.stop()
 
 
-def test_seeded_sampling_and_stop_strings_match_unified(engine: SemiPDEngine) -> None:
+def test_seeded_sampling_and_stop_token_ids_match_unified(engine: SemiPDEngine) -> None:
     params = [SamplingParams(temperature=0.9, top_k=40, seed=7, max_tokens=12),
               SamplingParams(temperature=0.0, max_tokens=30, stop_token_ids=[5, 17, 99])]
     ps = prompts(2, seed=40)
     llm = LLM("tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=256)
-    ref = [(o.token_ids, o.text, o.finish_reason) for o in llm.generate(ps, params)]
+    ref = [(o.token_ids, o.finish_reason) for o in llm.generate(ps, params)]
     for i, (p, sp) in enumerate(zip(ps, params, strict=True)):
         engine.add_request(f"s{i}", p, sp)
     outs = run_to_completion(engine)
-    assert [(outs[f"s{i}"][-1].token_ids, outs[f"s{i}"][-1].text, outs[f"s{i}"][-1].finish_reason)
-            for i in range(2)] == ref
+    assert [(outs[f"s{i}"][-1].token_ids, outs[f"s{i}"][-1].finish_reason) for i in range(2)] == ref
 
 
 def test_aborts_mid_flight_free_blocks(engine: SemiPDEngine) -> None:
@@ -400,7 +414,8 @@ def test_llm_cli_and_server_client_reach_semipd(capsys: pytest.CaptureFixture[st
     from semipd.allocation import SMAllocation
     from semipd.cli import main
     from semipd.engine import AsyncEngine, Engine, create_engine
-    from semipd.server.engine_client import EngineClient, NoPartitionsError
+    from semipd.engine.core.in_process import InProcessClient
+    from semipd.engine.core.interface import NoPartitionsError
 
     ps = prompts(3, seed=120)
     llm = LLM("tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=256, mode="semi-pd",
@@ -408,15 +423,16 @@ def test_llm_cli_and_server_client_reach_semipd(capsys: pytest.CaptureFixture[st
     try:
         assert isinstance(llm.engine, SemiPDEngine)
         assert [o.token_ids for o in llm.generate(ps, GREEDY)] == reference(ps)
-        client = EngineClient(AsyncEngine(llm.engine))
-        client.set_sm_allocation(SMAllocation(40, 60))
+        client = InProcessClient(AsyncEngine(llm.engine))
+        applied = asyncio.run(client.set_sm_allocation(SMAllocation(40, 60)))
         assert llm.engine.get_status()["allocation"]["prefill_sms"] == 40
+        assert applied == llm.engine.partitions.current_allocation()
     finally:
         llm.engine.stop()
     unified = create_engine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=16))
     assert type(unified) is Engine
     with pytest.raises(NoPartitionsError):
-        EngineClient(AsyncEngine(unified)).set_sm_allocation(SMAllocation(40, 60))
+        asyncio.run(InProcessClient(AsyncEngine(unified)).set_sm_allocation(SMAllocation(40, 60)))
     rc = main(["generate", "--model", "tiny-llama", "--load-format", "dummy", "--device", "cpu", "--mode", "semi-pd",
                "--controller", "static", "--prompt", "Hi", "--max-tokens", "4", "--ignore-eos", "--json"])
     assert rc == 0 and len(json.loads(capsys.readouterr().out)["token_ids"]) == 4

@@ -40,8 +40,11 @@ def test_manual_allocation(server: ServeProcess) -> None:
     r = httpx.post(f"{server.url}/semipd/allocation", json={"prefill_percentage": 25, "decode_percentage": 75},
                    timeout=10)
     assert r.status_code == 200, r.text
-    alloc = r.json()["status"]["allocation"] if "allocation" in r.json()["status"] else r.json()["allocation"]
-    assert alloc["prefill_percentage"] < 50
+    body = r.json()
+    alloc = body["allocation"]  # the split applied: 25% snaps to the 8-SM grid of the simulated partitions
+    assert alloc["prefill_percentage"] < 50 and alloc["prefill_percentage"] + alloc["decode_percentage"] == 100
+    assert body["requested"] == {"prefill_percentage": 25, "decode_percentage": 75}
+    assert body["snapped"] == (alloc["prefill_percentage"] != 25)
     bad = httpx.post(f"{server.url}/semipd/allocation", json={"prefill_percentage": 80, "decode_percentage": 80},
                      timeout=10)
     assert bad.status_code == 400 and "error" in bad.json()

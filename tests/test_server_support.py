@@ -15,7 +15,7 @@ from typing import Any
 import uvicorn
 
 from semipd.allocation import SMAllocation
-from semipd.engine.async_engine import QueueFullError, RequestFailedError
+from semipd.engine.core.interface import QueueFullError, RequestFailedError
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
 from semipd.metrics import SemiPDMetricsCollector
 
@@ -150,10 +150,11 @@ class FakeSemiPDEngine(FakeAsyncEngine):
         super().__init__(mode="semi-pd", **kwargs)
         self.allocation = SMAllocation(50, 50)
 
-    def set_sm_allocation(self, allocation: SMAllocation) -> None:
+    def set_sm_allocation(self, allocation: SMAllocation) -> SMAllocation:
         if allocation.prefill_percentage % 8:
             raise ValueError(f"prefill_percentage must be a multiple of 8, got {allocation.prefill_percentage}")
         self.allocation = allocation
+        return allocation
 
     def get_status(self) -> dict[str, Any]:
         return {**super().get_status(), "allocation": self.allocation.as_dict(), "controller": {"policy": "static"}}

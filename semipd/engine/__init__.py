@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     "create_engine": "semipd.engine.engine",
     "SemiPDEngine": "semipd.engine.semipd_engine",
     "SemiPDConfig": "semipd.engine.semipd_config",
-    "StepError": "semipd.engine.engine",
+    "StepError": "semipd.engine.errors",
     "AsyncEngine": "semipd.engine.async_engine",
     "QueueFullError": "semipd.engine.async_engine",
     "RequestFailedError": "semipd.engine.async_engine",

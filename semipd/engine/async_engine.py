@@ -1,9 +1,13 @@
-"""`AsyncEngine`: `Engine.step` in a background thread, streams to asyncio consumers.
+"""`AsyncEngine`: `Engine.step` in a background thread of this process, streams to asyncio consumers.
 
-Callers (any event loop, any thread) hand requests and aborts to the engine thread
-through a locked inbox; the engine thread applies them at iteration boundaries (so an
-abort never frees blocks under a running batch), steps, and delivers each `RequestOutput`
-to the request's `asyncio.Queue` with ``loop.call_soon_threadsafe``. The thread never dies
+The in-process engine driver (`LLM`-like use from async code, and the server's tests); the
+server itself runs the engine in its own process (`semipd.engine.core`). Callers (any event
+loop, any thread) hand requests and aborts to the engine thread through a locked inbox; the
+engine thread applies them at iteration boundaries (so an abort never frees blocks under a
+running batch), steps, turns the token-id deltas into `RequestOutput`s (`OutputProcessor`:
+text, stop strings) and delivers them to each request's `asyncio.Queue` with
+``loop.call_soon_threadsafe``. `get_status` returns a snapshot the engine thread refreshes
+every `status_interval_s`, so no caller ever waits for a step. The thread never dies
 silently: a failed step is logged and counted, its requests end with `RequestFailedError`,
 and the loop goes on with the rest.
 """
@@ -13,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +25,10 @@ from typing import Any
 import torch
 
 from semipd.allocation import SMAllocation
-from semipd.engine.engine import Engine, StepError
+from semipd.engine.core.interface import QueueFullError, RequestFailedError
+from semipd.engine.engine import Engine
+from semipd.engine.errors import StepError
+from semipd.engine.output_processor import OutputProcessor
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -31,29 +39,26 @@ def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
         queue.put_nowait(item)
 
 
-class QueueFullError(RuntimeError):
-    """More than `max_waiting` requests are waiting; retry later (HTTP 503)."""
-
-
-class RequestFailedError(RuntimeError):
-    """The engine could not finish the request (a failed step, or the engine stopped)."""
-
-
 @dataclass
 class _Stream:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
-    last: RequestOutput | None = None
 
 
 class AsyncEngine:
     """Thread-safe, asyncio-facing wrapper of an `Engine`."""
 
-    def __init__(self, engine: Engine, max_waiting: int = 1024) -> None:
+    def __init__(self, engine: Engine, max_waiting: int = 1024, status_interval_s: float = 0.2) -> None:
         if max_waiting < 1:
             raise ValueError(f"max_waiting must be >= 1, got {max_waiting}")
+        if not status_interval_s > 0:
+            raise ValueError(f"status_interval_s must be > 0, got {status_interval_s}")
         self.engine = engine
         self.max_waiting = max_waiting
+        self.status_interval_s = status_interval_s
+        self._processor = OutputProcessor(engine.tokenizer)
+        self._snapshot: dict[str, Any] = {}
+        self._snapshot_time = float("-inf")
         self._cond = threading.Condition()
         self._adds: list[tuple[str, list[int], SamplingParams]] = []
         self._aborts: list[str] = []
@@ -65,8 +70,6 @@ class AsyncEngine:
         self._engine_lock = threading.Lock()
         self.num_step_errors = 0
         self.last_error: str | None = None
-        if hasattr(engine, "set_allocation"):  # engines with SM partitions offer manual allocation
-            self.set_sm_allocation = self._set_sm_allocation
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -74,6 +77,7 @@ class AsyncEngine:
         with self._cond:
             if self._thread is not None and self._thread.is_alive():
                 return
+            self._refresh_status()
             self._stopping = False
             self._thread = threading.Thread(target=self._run, name="semipd-engine", daemon=True)
             self._thread.start()
@@ -88,8 +92,15 @@ class AsyncEngine:
         with self._engine_lock:
             for rid in list(self._streams):
                 self.engine.abort(rid)
+                self._processor.drop(rid)
                 self._deliver(rid, RequestFailedError("the engine stopped"))
             self._adds.clear()
+            self._refresh_status()
+
+    @property
+    def mode(self) -> str:
+        """The engine's mode: "unified" or "semi-pd" (which has SM partitions to allocate)."""
+        return self.engine.config.mode
 
     @property
     def is_running(self) -> bool:
@@ -142,19 +153,34 @@ class AsyncEngine:
             self._aborts.append(rid)
             self._cond.notify()
 
-    def _set_sm_allocation(self, allocation: SMAllocation) -> None:
-        """``set_sm_allocation``, present when the engine has SM partitions (mode semi-pd): apply
-        `allocation` by hand (the engine's controller becomes static). Thread-safe; ValueError
-        when the engine cannot realise it."""
-        self.engine.set_allocation(allocation.prefill_percentage, allocation.decode_percentage)
+    def set_sm_allocation(self, allocation: SMAllocation) -> SMAllocation:
+        """Apply `allocation` by hand (mode semi-pd; the engine's controller becomes static) and mark
+        the status snapshot stale; returns the split applied. Thread-safe; ValueError when the
+        engine cannot realise it."""
+        applied = self.engine.set_allocation(allocation.prefill_percentage, allocation.decode_percentage)
+        self._snapshot_time = float("-inf")
+        return applied
 
     def get_status(self) -> dict[str, Any]:
-        """`Engine.get_status()` plus the engine thread's health and queue."""
-        with self._engine_lock:
-            status = self.engine.get_status()
+        """The engine thread's latest `Engine.get_status()` snapshot (at most `status_interval_s`
+        old while it runs; never waits for a step) plus the thread's health and queue."""
+        status = dict(self._snapshot)
         status.update(engine_thread_alive=self.is_running, num_step_errors=self.num_step_errors,
-                      last_error=self.last_error, num_pending=len(self._adds), max_waiting=self.max_waiting)
+                      last_error=self.last_error, num_pending=len(self._adds), max_waiting=self.max_waiting,
+                      status_age_s=round(max(0.0, time.monotonic() - self._snapshot_time), 3))
         return status
+
+    def _refresh_status(self) -> None:
+        """Take a new status snapshot (engine thread, or with the engine idle)."""
+        try:
+            self._snapshot = self.engine.get_status()
+        except Exception:  # a status that cannot be read must not stop the engine loop
+            logger.exception("engine status failed")
+        self._snapshot_time = time.monotonic()
+
+    def _maybe_refresh_status(self) -> None:
+        if time.monotonic() - self._snapshot_time >= self.status_interval_s:
+            self._refresh_status()
 
     # -- engine thread --------------------------------------------------------------------
     def _deliver(self, rid: str, item: RequestOutput | BaseException) -> None:
@@ -171,8 +197,6 @@ class AsyncEngine:
                 stream = self._streams.pop(rid, None) if done else self._streams.get(rid)
                 if stream is None:
                     continue
-                if isinstance(item, RequestOutput):
-                    stream.last = item
                 by_loop.setdefault(stream.loop, []).append((rid, stream, item, done))
         for loop, batch in by_loop.items():
             try:
@@ -181,6 +205,7 @@ class AsyncEngine:
                 for rid, _, _, done in batch:
                     if not done:
                         self.engine.abort(rid)
+                        self._processor.drop(rid)
                         with self._cond:
                             self._streams.pop(rid, None)
 
@@ -188,20 +213,14 @@ class AsyncEngine:
         """Wait for work; None when stopping."""
         with self._cond:
             while not (self._stopping or self._adds or self._aborts or self.engine.has_unfinished()):
-                self._cond.wait()
+                if not self._cond.wait(self.status_interval_s):
+                    self._refresh_status()  # idle: the status still moves (controller, metrics)
             if self._stopping:
                 return None
             adds, aborts = self._adds, self._aborts
             self._adds, self._aborts = [], []
             self._in_transit = len(adds)
             return adds, aborts
-
-    def _abort_output(self, rid: str) -> RequestOutput:
-        last = self._streams[rid].last
-        return RequestOutput(rid=rid, new_token_ids=[], new_text="", token_ids=last.token_ids if last else [],
-                             text=last.text if last else "", finished=True, finish_reason="abort",
-                             num_prompt_tokens=last.num_prompt_tokens if last else 0,
-                             num_output_tokens=last.num_output_tokens if last else 0)
 
     def _run(self) -> None:
         if self.engine.device.type == "cuda":
@@ -219,6 +238,7 @@ class AsyncEngine:
 
     def _iterate(self, adds: list[tuple[str, list[int], SamplingParams]], aborts: list[str]) -> None:
         aborted = set(aborts)
+        processor = self._processor
         try:
             for rid, prompt, params in adds:
                 if rid in aborted:
@@ -227,25 +247,41 @@ class AsyncEngine:
                     self.engine.add_request(rid, prompt, params)
                 except ValueError as exc:
                     self._deliver(rid, exc)
+                    continue
+                processor.add(rid, prompt, params)
         finally:
             with self._cond:
                 self._in_transit = 0
         for rid in aborted:
             self.engine.abort(rid)
-            if rid in self._streams:
-                self._deliver(rid, self._abort_output(rid))
-        if not self.engine.has_unfinished():
-            return
+            final = processor.abort(rid)
+            if final is not None:
+                self._deliver(rid, final)
+        if self.engine.has_unfinished():
+            self._step()
+        self._maybe_refresh_status()
+
+    def _step(self) -> None:
+        processor = self._processor
         try:
-            outputs = self.engine.step()
+            deltas = self.engine.step()
         except StepError as exc:
             self.num_step_errors += 1
             self.last_error = str(exc)
             logger.error("%s", exc, exc_info=exc.__cause__)
             for rid in exc.rids:
+                processor.drop(rid)
                 self._deliver(rid, RequestFailedError(str(exc)))
             return
-        self._deliver_all([(out.rid, out) for out in outputs])
+        items: list[tuple[str, RequestOutput | BaseException]] = []
+        for delta in deltas:
+            processed = processor.process(delta)
+            if processed is None:
+                continue
+            if processed.abort_in_engine:  # a stop string ended it here; the engine still runs it
+                self.engine.abort(delta.rid)
+            items.append((delta.rid, processed.output))
+        self._deliver_all(items)
 
     def _fail_all(self, exc: Exception) -> None:
         """An error outside a step (the engine's state is unknown): end every open request."""
@@ -254,4 +290,5 @@ class AsyncEngine:
         logger.exception("engine loop error; failing %d open requests", len(self._streams))
         for rid in list(self._streams):
             self.engine.abort(rid)
+            self._processor.drop(rid)
             self._deliver(rid, RequestFailedError(self.last_error))

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from semipd.engine.presets import get_preset, is_preset, preset_names
+
 # architecture -> its model_type, whether q/k/v always carry a bias, whether q and k are RMS-normed per head
 _ARCHITECTURES: dict[str, dict[str, Any]] = {
     "LlamaForCausalLM": {"model_type": "llama", "forced_qkv_bias": False, "qk_norm": False},
@@ -195,3 +197,13 @@ def _rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
     if kind not in _ROPE_TYPES:
         raise ValueError(f"rope_scaling type {kind!r} is not supported; known: {list(_ROPE_TYPES)}")
     return theta, {"rope_type": kind, **{k: params[k] for k in _ROPE_KEYS[kind] if k in params}}
+
+
+def resolve_model_config(model: str | Path) -> tuple[ModelConfig, Path | None]:
+    """(config, directory) for a model directory, or (config, None) for a preset name."""
+    path = Path(model)
+    if path.is_dir():
+        return ModelConfig.from_json_file(path / "config.json"), path
+    if is_preset(str(model)):
+        return ModelConfig.from_dict(get_preset(str(model))), None
+    raise ValueError(f"model {str(model)!r} is neither a directory nor a preset; presets: {preset_names()}")

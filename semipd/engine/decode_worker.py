@@ -84,10 +84,7 @@ class DecodeWorker(Worker):
             return False
         self.num_iterations += 1
         t0 = ctx.clock.now()
-        for req in batch.decodes:
-            if not req.payload.decode_started:
-                req.payload.decode_started = True
-                ctx.collector.record_decode_start(req.rid, timestamp=t0)
+        ctx.recorder.decode_started(batch.decodes, t0)
         try:
             host = self.runner.host_batch(batch)  # host-only work stays outside the launch stretch
             with self.launch_stretch() as part:

@@ -1,48 +1,45 @@
 """`Engine`: the real engine's synchronous core. One `step()` is one scheduler iteration:
 
     schedule (UnifiedScheduler: decodes first, then chunked prefill)  ->  ModelRunner.run
-    ->  scheduler.update (appends tokens; stop hook: EOS, stop ids, stop strings, length)
-    ->  RequestOutput deltas, metrics
+    ->  scheduler.update (appends tokens; stop hook: EOS, stop token ids, length)
+    ->  TokenDelta per request that got a token, metrics
 
+Engines deal in token ids only: text and stop strings are the caller's (`OutputProcessor`).
 The engine is not thread-safe: one thread calls `add_request`, `step` and `abort`
-(`AsyncEngine` is that thread for the server). The `SemiPDMetricsCollector` records the
-seed's lifecycle events: arrival (add_request), prefill start (first chunk scheduled),
-first token and prefill end (prefill sampled the first token), decode start (first decode
-step), a token event per later token, completion or abort; plus system metrics each step.
+(`AsyncEngine` or the engine-core loop is that thread). A `LifecycleRecorder` records the
+seed's lifecycle events into the `SemiPDMetricsCollector`: arrival (add_request), prefill
+start (first chunk scheduled), prefill end (first token sampled), decode start, and, when the
+engine is what clients see (``delivery``), first token, later tokens and the end; plus
+system metrics each step.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from semipd.clock import Clock
+from semipd.engine.config import resolve_model_config
+from semipd.engine.core.messages import TokenDelta
 from semipd.engine.cuda_graphs import GraphRunner
 from semipd.engine.engine_config import EngineConfig
+from semipd.engine.errors import StepError
 from semipd.engine.kv_cache import KVCache, KVCacheSpec, cpu_num_blocks, cuda_num_blocks, profile_activation_peak
-from semipd.engine.loader import load_model, resolve_model_config
+from semipd.engine.loader import load_model
 from semipd.engine.model.llama import LlamaForCausalLM
 from semipd.engine.model_runner import ModelRunner
-from semipd.engine.sampling_params import RequestOutput, SamplingParams
+from semipd.engine.sampling_params import SamplingParams
 from semipd.engine.sequence import Sequence
-from semipd.engine.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from semipd.engine.tokenizer import Tokenizer, make_tokenizer, tokenizer_dir
 from semipd.metrics import SemiPDMetricsCollector
+from semipd.metrics.recorder import LifecycleRecorder
 from semipd.sched import BlockAllocator, Request, UnifiedScheduler, UnifiedSchedulerConfig
 from semipd.sched.batch import Batch
 
 logger = logging.getLogger(__name__)
-
-
-class StepError(RuntimeError):
-    """A step failed; the requests of its batch (`rids`) were aborted. The cause is chained."""
-
-    def __init__(self, rids: list[str], message: str) -> None:
-        super().__init__(message)
-        self.rids = rids
 
 
 def resolve_device(device: str) -> torch.device:
@@ -61,12 +58,7 @@ def resolve_device(device: str) -> torch.device:
 def load_tokenizer(config: EngineConfig, eos_token_ids: tuple[int, ...], bos_token_id: int | None,
                    vocab_size: int) -> Tokenizer:
     """The tokenizer directory's ``tokenizer.json``, else a byte-level stand-in (dummy models, presets)."""
-    directory = config.tokenizer or (config.model if Path(config.model).is_dir() else None)
-    if directory is not None and (Path(directory) / "tokenizer.json").is_file():
-        return HFTokenizer(directory, eos_token_ids)
-    if config.tokenizer is not None:
-        raise FileNotFoundError(f"no tokenizer.json in {config.tokenizer}")
-    return ByteTokenizer(vocab_size, bos_token_id, eos_token_ids)
+    return make_tokenizer(tokenizer_dir(config.model, config.tokenizer), eos_token_ids, bos_token_id, vocab_size)
 
 
 def load_engine_model(config: EngineConfig,
@@ -114,14 +106,12 @@ def check_request(prompt_token_ids: list[int], params: SamplingParams, max_model
 
 
 def build_request(rid: str, prompt_token_ids: list[int], params: SamplingParams, seed: int, *,
-                  eos_token_ids: frozenset[int], tokenizer: Tokenizer | None, max_model_len: int,
-                  arrival_time: float) -> Request:
+                  eos_token_ids: frozenset[int], max_model_len: int, arrival_time: float) -> Request:
     """A scheduler `Request` carrying the engine's per-request state (`Sequence`): stop ids, seed,
-    detokenizer, and ``max_tokens`` capped by ``max_model_len``."""
+    and ``max_tokens`` capped by ``max_model_len``."""
     prompt = list(prompt_token_ids)
     stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else eos_token_ids)
-    seq = Sequence(params=params, seed=seed, stop_ids=stop_ids,
-                   detokenizer=tokenizer.detokenizer(prompt) if tokenizer else None)
+    seq = Sequence(params=params, seed=seed, stop_ids=stop_ids)
     max_tokens = min(params.max_tokens, max_model_len - len(prompt))
     return Request(rid, len(prompt), max_tokens, arrival_time, prompt_token_ids=prompt, payload=seq)
 
@@ -129,7 +119,7 @@ def build_request(rid: str, prompt_token_ids: list[int], params: SamplingParams,
 class Engine:
     """Loads the model, sizes the KV cache, and runs scheduler iterations on it."""
 
-    def __init__(self, config: EngineConfig, clock: Clock | None = None) -> None:
+    def __init__(self, config: EngineConfig, clock: Clock | None = None, delivery: bool = True) -> None:
         if config.mode != "unified":
             raise ValueError(f"Engine runs mode 'unified'; build mode {config.mode!r} with create_engine(config)")
         self.config = config
@@ -152,6 +142,7 @@ class Engine:
         self.metrics_collector = SemiPDMetricsCollector(window_size_seconds=config.metrics_window_seconds,
                                                         clock=clock)
         self._clock = self.metrics_collector.clock
+        self.recorder = LifecycleRecorder(self.metrics_collector, delivery)
         self._requests: dict[str, Request] = {}
         self._seeds = random.Random(config.seed)
         self.num_steps = 0
@@ -162,18 +153,20 @@ class Engine:
         """Raise ValueError if the request can never run (empty or too long prompt, bad token ids)."""
         check_request(prompt_token_ids, params, self.max_model_len, self.model_config.vocab_size)
 
-    def add_request(self, rid: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request. Raises ValueError for an invalid one or a duplicate live `rid`."""
+    def add_request(self, rid: str, prompt_token_ids: list[int], params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
+        """Queue a request that arrived at `arrival_time` (default: now). Raises ValueError for an
+        invalid one or a duplicate live `rid`."""
         if rid in self._requests:
             raise ValueError(f"request id {rid!r} is already running")
         self.validate_request(prompt_token_ids, params)
         seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
         req = build_request(rid, prompt_token_ids, params, seed, eos_token_ids=self.eos_token_ids,
-                            tokenizer=self.tokenizer, max_model_len=self.max_model_len,
-                            arrival_time=self._clock.now())
+                            max_model_len=self.max_model_len,
+                            arrival_time=self._clock.now() if arrival_time is None else arrival_time)
         self.scheduler.add_request(req)
         self._requests[rid] = req
-        self.metrics_collector.record_request_arrival(rid, req.num_prompt_tokens, timestamp=req.arrival_time)
+        self.recorder.arrival(req)
 
     def abort(self, rid: str) -> None:
         """Drop request `rid` wherever it is and free its KV blocks (no-op for an unknown id)."""
@@ -181,7 +174,7 @@ class Engine:
         if req is None:
             return
         self.scheduler.abort(rid)
-        self.metrics_collector.record_request_abort(rid)
+        self.recorder.aborted(rid)
 
     def has_unfinished(self) -> bool:
         return bool(self._requests)
@@ -196,8 +189,8 @@ class Engine:
         return self._finished_preemptions + sum(r.num_preemptions for r in self._requests.values())
 
     # -- iterations -----------------------------------------------------------------------
-    def step(self) -> list[RequestOutput]:
-        """Run one iteration; returns an output for every request that got a token.
+    def step(self) -> list[TokenDelta]:
+        """Run one iteration; returns a delta for every request that got a token.
 
         If the iteration fails, the requests of its batch are aborted (blocks freed) and
         `StepError` naming them is raised; other requests carry on at the next step."""
@@ -205,17 +198,10 @@ class Engine:
         if batch.is_empty:
             return []
         self.num_steps += 1
-        collector = self.metrics_collector
+        recorder = self.recorder
         t0 = self._clock.now()
-        for chunk in batch.prefills:
-            seq = chunk.request.payload
-            if not seq.prefill_started:
-                seq.prefill_started = True
-                collector.record_prefill_start(chunk.request.rid, timestamp=t0)
-        for req in batch.decodes:
-            if not req.payload.decode_started:
-                req.payload.decode_started = True
-                collector.record_decode_start(req.rid, timestamp=t0)
+        recorder.prefill_started((chunk.request for chunk in batch.prefills), t0)
+        recorder.decode_started(batch.decodes, t0)
         try:
             tokens = self.runner.run(batch)
             finished = self.scheduler.update(batch, tokens)
@@ -224,23 +210,13 @@ class Engine:
             raise StepError(rids, f"step {self.num_steps} failed ({type(exc).__name__}: {exc}); "
                                   f"aborted {len(rids)} requests") from exc
         t1 = self._clock.now()
-        outputs = []
-        for req in batch.sampled_requests():
-            if req.rid not in self._requests:
-                continue  # aborted while the step ran
-            seq = req.payload
-            if not seq.first_token_done:
-                seq.first_token_done = True
-                collector.record_first_token(req.rid, timestamp=t1)
-                collector.record_prefill_end(req.rid, timestamp=t1)
-            else:
-                collector.record_token(req.rid, timestamp=t1)
-            outputs.append(seq.take_output(req))
+        sampled = [req for req in batch.sampled_requests() if req.rid in self._requests]  # not aborted meanwhile
+        outputs = [req.payload.take_delta(req) for req in sampled]
+        recorder.sampled(sampled, t1)
         for req in finished:
             if self._requests.pop(req.rid, None) is not None:
                 self._finished_preemptions += req.num_preemptions
-                collector.record_request_completion(req.rid, req.num_output_tokens, success=True, timestamp=t1)
-        collector.record_system_metrics(self.scheduler.num_running, self.scheduler.num_waiting,
+        self.metrics_collector.record_system_metrics(self.scheduler.num_running, self.scheduler.num_waiting,
                                         self.allocator.usage, timestamp=t1)
         return outputs
 
@@ -250,6 +226,9 @@ class Engine:
         for rid in rids:
             self.abort(rid)
         return rids
+
+    def stop(self) -> None:
+        """Nothing runs in the background of a unified engine: there is nothing to stop."""
 
     # -- status ---------------------------------------------------------------------------
     def get_status(self) -> dict[str, Any]:
@@ -283,11 +262,12 @@ class Engine:
         }
 
 
-def create_engine(config: EngineConfig, clock: Clock | None = None) -> Any:
+def create_engine(config: EngineConfig, clock: Clock | None = None, delivery: bool = True) -> Any:
     """The engine for ``config.mode``: an `Engine` (unified) or a `SemiPDEngine` (semi-pd), which
-    share the public surface `AsyncEngine`, `LLM` and the server use."""
+    share the public surface `AsyncEngine`, `LLM` and the engine core use. `delivery`: whether
+    the engine's outputs are what clients see (False behind an API process: `LifecycleRecorder`)."""
     if config.mode == "semi-pd":
         from semipd.engine.semipd_engine import SemiPDEngine
 
-        return SemiPDEngine(config, clock)
-    return Engine(config, clock)
+        return SemiPDEngine(config, clock, delivery)
+    return Engine(config, clock, delivery)

@@ -1,5 +1,9 @@
 """`LLM`: the offline API. ``LLM(model, ...).generate(prompts, params)`` queues every prompt
-and steps the engine until all of them finish; outputs come back in prompt order."""
+and steps the engine until all of them finish; outputs come back in prompt order.
+
+The engine runs in this process (no engine-core process: offline generation has no event
+loop to keep free); its token-id deltas go through the same `OutputProcessor` (text, stop
+strings) as the server's."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 from semipd.engine.engine import create_engine
 from semipd.engine.engine_config import EngineConfig
+from semipd.engine.output_processor import OutputProcessor
 from semipd.engine.sampling_params import CompletionOutput, RequestOutput, SamplingParams
 
 Prompt = str | list[int]
@@ -60,14 +65,22 @@ class LLM:
         for token_ids, p in zip(ids, params, strict=True):
             self.engine.validate_request(token_ids, p)
         rids = []
+        processor = OutputProcessor(self.tokenizer)
         for token_ids, p in zip(ids, params, strict=True):
             rid = f"llm-{self._counter}"
             self._counter += 1
             self.engine.add_request(rid, token_ids, p)
+            processor.add(rid, token_ids, p)
             rids.append(rid)
         final: dict[str, RequestOutput] = {}
         while self.engine.has_unfinished():
-            for out in self.engine.step():
+            for delta in self.engine.step():
+                processed = processor.process(delta)
+                if processed is None:
+                    continue
+                out = processed.output
+                if processed.abort_in_engine:
+                    self.engine.abort(out.rid)
                 if on_output is not None:
                     on_output(out)
                 if out.finished:

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 from semipd.engine.attention.base import get_backend
-from semipd.engine.config import ModelConfig
+from semipd.engine.config import ModelConfig, resolve_model_config
 from semipd.engine.model.llama import LlamaForCausalLM
-from semipd.engine.presets import get_preset, is_preset, preset_names
 
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 _DTYPES: dict[str, torch.dtype] = {
@@ -30,16 +29,6 @@ _DTYPES: dict[str, torch.dtype] = {
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 DUMMY_STD = 0.02
 """Standard deviation of dummy weights: activations and logits stay O(1) through deep models."""
-
-
-def resolve_model_config(model: str | Path) -> tuple[ModelConfig, Path | None]:
-    """(config, directory) for a model directory, or (config, None) for a preset name."""
-    path = Path(model)
-    if path.is_dir():
-        return ModelConfig.from_json_file(path / "config.json"), path
-    if is_preset(str(model)):
-        return ModelConfig.from_dict(get_preset(str(model))), None
-    raise ValueError(f"model {str(model)!r} is neither a directory nor a preset; presets: {preset_names()}")
 
 
 def resolve_dtype(dtype: str | torch.dtype, config: ModelConfig, device: torch.device) -> torch.dtype:

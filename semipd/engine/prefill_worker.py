@@ -44,11 +44,7 @@ class PrefillWorker(Worker):
             return False
         self.num_iterations += 1
         t0 = ctx.clock.now()
-        for chunk in batch.prefills:
-            seq = chunk.request.payload
-            if not seq.prefill_started:
-                seq.prefill_started = True
-                ctx.collector.record_prefill_start(chunk.request.rid, timestamp=t0)
+        ctx.recorder.prefill_started((chunk.request for chunk in batch.prefills), t0)
         try:
             host = self.runner.host_batch(batch)  # host-only work stays outside the launch stretch
             with self.launch_stretch():

@@ -5,7 +5,7 @@ prefill and decode workers (which publish outputs and failures). One condition v
 guards everything:
 
 - ``live``: requests added and not yet finished, failed or aborted;
-- the outbox: `RequestOutput` deltas published by the workers, taken by ``step()``;
+- the outbox: `TokenDelta`s published by the workers, taken by ``step()``;
 - failures: one `StepError` per failed worker batch, raised by ``step()``;
 - pending aborts: ids aborted by the caller that a worker still holds. `abort` only marks
   the id (and drops it from ``live`` at once, so no output follows); the worker holding the
@@ -18,8 +18,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
-from semipd.engine.engine import StepError
-from semipd.engine.sampling_params import RequestOutput
+from semipd.engine.core.messages import TokenDelta
+from semipd.engine.errors import StepError
 from semipd.sched.request import Request
 
 
@@ -29,7 +29,7 @@ class RequestBook:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._live: dict[str, Request] = {}
-        self._outbox: list[RequestOutput] = []
+        self._outbox: list[TokenDelta] = []
         self._failures: list[StepError] = []
         self._aborts: set[str] = set()
 
@@ -50,7 +50,7 @@ class RequestBook:
             self._cond.notify_all()
             return True
 
-    def take(self, timeout: float) -> list[RequestOutput]:
+    def take(self, timeout: float) -> list[TokenDelta]:
         """The outputs published since the last call, waiting up to `timeout` s when there
         are none. Raises the oldest worker failure first (the outputs stay for the next call).
         Non-final outputs of requests aborted since they were published are dropped."""
@@ -80,7 +80,7 @@ class RequestBook:
             self._aborts.discard(rid)
             self._cond.notify_all()
 
-    def publish(self, requests: Iterable[Request], make_output: Callable[[Request], RequestOutput]) -> list[Request]:
+    def publish(self, requests: Iterable[Request], make_output: Callable[[Request], TokenDelta]) -> list[Request]:
         """Publish ``make_output(request)`` for each live request in `requests`; finished ones
         leave the live set. Returns the requests published (aborted ones are skipped)."""
         published = []

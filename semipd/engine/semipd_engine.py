@@ -33,6 +33,7 @@ import torch
 
 from semipd.allocation import SMAllocation
 from semipd.clock import Clock
+from semipd.engine.core.messages import TokenDelta
 from semipd.engine.cuda_graphs import GraphRunner
 from semipd.engine.decode_worker import DecodeWorker, WholeDeviceBorrow
 from semipd.engine.engine import allocate_kv_cache, build_request, check_request, load_engine_model, resolve_device
@@ -40,7 +41,7 @@ from semipd.engine.engine_config import EngineConfig
 from semipd.engine.model_runner import ModelRunner
 from semipd.engine.prefill_worker import PrefillWorker
 from semipd.engine.request_book import RequestBook
-from semipd.engine.sampling_params import RequestOutput, SamplingParams
+from semipd.engine.sampling_params import SamplingParams
 from semipd.engine.semipd_config import SemiPDConfig
 from semipd.engine.semipd_setup import (
     WHOLE_DEVICE,
@@ -51,6 +52,7 @@ from semipd.engine.semipd_setup import (
 )
 from semipd.engine.workers import Worker, WorkerContext
 from semipd.metrics import SemiPDMetricsCollector
+from semipd.metrics.recorder import LifecycleRecorder
 from semipd.sched import (
     BlockAllocator,
     DecodeScheduler,
@@ -69,7 +71,7 @@ class SemiPDEngine:
     """Loads the model, sizes the KV cache, pre-creates the partitions, captures the decode
     graphs, and runs the two workers and the controller (see the module docstring)."""
 
-    def __init__(self, config: EngineConfig, clock: Clock | None = None) -> None:
+    def __init__(self, config: EngineConfig, clock: Clock | None = None, delivery: bool = True) -> None:
         if config.mode != "semi-pd":
             raise ValueError(f"SemiPDEngine runs mode 'semi-pd', got mode {config.mode!r}")
         self.config = config
@@ -106,12 +108,13 @@ class SemiPDEngine:
         self.metrics_collector = SemiPDMetricsCollector(window_size_seconds=config.metrics_window_seconds,
                                                         clock=clock)
         self._clock = self.metrics_collector.clock
+        self.recorder = LifecycleRecorder(self.metrics_collector, delivery)
         self._book = RequestBook()
         self._seeds = random.Random(config.seed)
         self.num_preemptions = 0
         """Recompute preemptions so far (the decode worker sends the newest request back to prefill)."""
         self._add_lock = threading.Lock()
-        ctx = WorkerContext(self.device, self.partitions, self._book, self.metrics_collector, self._clock,
+        ctx = WorkerContext(self.device, self.partitions, self._book, self.recorder, self._clock,
                             self._record_system_metrics)
         borrow = None
         if whole_device is not None:
@@ -213,17 +216,19 @@ class SemiPDEngine:
         """Raise ValueError if the request can never run (empty or too long prompt, bad token ids)."""
         check_request(prompt_token_ids, params, self.max_model_len, self.model_config.vocab_size)
 
-    def add_request(self, rid: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
-        """Queue a request (thread-safe). Raises ValueError for an invalid one or a duplicate live `rid`."""
+    def add_request(self, rid: str, prompt_token_ids: list[int], params: SamplingParams,
+                    arrival_time: float | None = None) -> None:
+        """Queue a request that arrived at `arrival_time` (default: now); thread-safe. Raises
+        ValueError for an invalid one or a duplicate live `rid`."""
         self.validate_request(prompt_token_ids, params)
         with self._add_lock:
             seed = params.seed if params.seed is not None else self._seeds.getrandbits(63)
         req = build_request(rid, prompt_token_ids, params, seed, eos_token_ids=self.eos_token_ids,
-                            tokenizer=self.tokenizer, max_model_len=self.max_model_len,
-                            arrival_time=self._clock.now())
+                            max_model_len=self.max_model_len,
+                            arrival_time=self._clock.now() if arrival_time is None else arrival_time)
         check_fits(self.allocator, req)
         self._book.add(req)
-        self.metrics_collector.record_request_arrival(rid, req.num_prompt_tokens, timestamp=req.arrival_time)
+        self.recorder.arrival(req)
         self.prefill_scheduler.add_request(req)
         self.prefill_worker.wake()
 
@@ -231,7 +236,7 @@ class SemiPDEngine:
         """Abort `rid` (thread-safe; no-op for an unknown id). No output follows; its blocks are
         freed by the worker holding it at that worker's next iteration boundary."""
         if self._book.abort(rid):
-            self.metrics_collector.record_request_abort(rid)
+            self.recorder.aborted(rid)
             self.prefill_worker.wake()
             self.decode_worker.wake()
 
@@ -254,7 +259,7 @@ class SemiPDEngine:
         return (self.prefill_scheduler.num_running + self.decode_worker.num_inbox
                 + self.decode_scheduler.num_waiting + self.decode_scheduler.num_running)
 
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[TokenDelta]:
         """The outputs the workers produced since the last call, waiting up to
         ``output_wait_s`` when there are none. A failed worker batch raises `StepError`
         naming its (aborted) requests; other outputs wait for the next call."""

@@ -210,3 +210,23 @@ def _chat_template(model_dir: Path, tok_cfg: dict[str, Any]) -> str | None:
     if template is None and (model_dir / "chat_template.json").is_file():
         return _read_json(model_dir / "chat_template.json").get("chat_template")
     return template
+
+
+def tokenizer_dir(model: str, tokenizer: str | None = None) -> str | None:
+    """The directory holding ``tokenizer.json`` (`tokenizer`, else the model directory), or None for
+    the byte-level stand-in (dummy models, presets). FileNotFoundError when `tokenizer` names a
+    directory without one."""
+    directory = tokenizer or (model if Path(model).is_dir() else None)
+    if directory is not None and (Path(directory) / "tokenizer.json").is_file():
+        return str(directory)
+    if tokenizer is not None:
+        raise FileNotFoundError(f"no tokenizer.json in {tokenizer}")
+    return None
+
+
+def make_tokenizer(directory: str | None, eos_token_ids: Sequence[int], bos_token_id: int | None,
+                   vocab_size: int) -> Tokenizer:
+    """`HFTokenizer` of `directory`, or the byte-level stand-in when it is None."""
+    if directory is not None:
+        return HFTokenizer(directory, eos_token_ids)
+    return ByteTokenizer(vocab_size, bos_token_id, eos_token_ids)

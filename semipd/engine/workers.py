@@ -40,10 +40,10 @@ from typing import Any
 import torch
 
 from semipd.clock import Clock
-from semipd.engine.engine import StepError
+from semipd.engine.errors import StepError
 from semipd.engine.model_runner import ModelRunner, PendingTokens
 from semipd.engine.request_book import RequestBook
-from semipd.metrics import SemiPDMetricsCollector
+from semipd.metrics.recorder import LifecycleRecorder
 from semipd.partition.green import Partition, PartitionManager
 from semipd.sched import Request
 from semipd.sched.batch import Batch
@@ -61,7 +61,7 @@ class WorkerContext:
     device: torch.device
     partitions: PartitionManager
     book: RequestBook
-    collector: SemiPDMetricsCollector
+    recorder: LifecycleRecorder
     clock: Clock
     record_system_metrics: Callable[[], None]
 
@@ -243,19 +243,9 @@ class Worker(threading.Thread):
         error.__cause__ = exc
         now = self.ctx.clock.now()
         for rid in self.ctx.book.fail(rids, error):
-            self.ctx.collector.record_request_completion(rid, 0, success=False, timestamp=now)
+            self.ctx.recorder.failed(rid, now)
 
     def publish(self, requests: list[Request], t: float) -> None:
         """Outputs and lifecycle events of `requests`, which each got a token at time `t`."""
-        published = self.ctx.book.publish(requests, lambda r: r.payload.take_output(r))
-        collector = self.ctx.collector
-        for req in published:
-            seq = req.payload
-            if not seq.first_token_done:
-                seq.first_token_done = True
-                collector.record_first_token(req.rid, timestamp=t)
-                collector.record_prefill_end(req.rid, timestamp=t)
-            else:
-                collector.record_token(req.rid, timestamp=t)
-            if req.is_finished:
-                collector.record_request_completion(req.rid, req.num_output_tokens, success=True, timestamp=t)
+        published = self.ctx.book.publish(requests, lambda r: r.payload.take_delta(r))
+        self.ctx.recorder.sampled(published, t)

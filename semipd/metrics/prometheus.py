@@ -78,6 +78,7 @@ class SemiPDPrometheusExporter:
                                      ["result"], registry=r)
         for result in ("success", "failure"):
             self.reallocations.labels(result=result)
+        self._synced_reallocations = {"success": 0, "failure": 0}
         collector.add_completion_listener(self._enqueue)
 
     @property
@@ -97,6 +98,15 @@ class SemiPDPrometheusExporter:
     def record_reallocation(self, success: bool) -> None:
         """Count one SM reallocation request under ``result="success"`` or ``"failure"``."""
         self.reallocations.labels(result="success" if success else "failure").inc()
+
+    def sync_reallocations(self, successes: int, failures: int) -> None:
+        """Raise the reallocation counters to totals counted elsewhere (an engine in another process);
+        totals below what is already counted are ignored."""
+        for result, total in (("success", successes), ("failure", failures)):
+            missing = total - self._synced_reallocations[result]
+            if missing > 0:
+                self.reallocations.labels(result=result).inc(missing)
+                self._synced_reallocations[result] = total
 
     def flush(self) -> int:
         """Observe every queued record in the histograms; returns how many were observed."""

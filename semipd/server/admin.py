@@ -1,8 +1,11 @@
 """Operational endpoints: /health, /semipd/status and manual SM allocation.
 
-``POST /semipd/allocation`` with ``{"prefill_percentage": P, "decode_percentage": D}`` applies a
-split by hand (the engine's controller then stays static); 400 when the split is invalid or the
-engine has no SM partitions (unified mode).
+All of them read the status snapshot the engine publishes (at most a fraction of a second old)
+and never wait for the engine. ``POST /semipd/allocation`` with ``{"prefill_percentage": P,
+"decode_percentage": D}`` applies a split by hand (the engine's controller then stays static)
+and answers with the split applied: the prefill share snaps to the nearest pre-created
+partition (a multiple of the GPU's SM granularity), and ``snapped`` says whether it moved. 400
+when the split is invalid or the engine has no SM partitions (unified mode).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from pydantic import Field
 
 from semipd.allocation import SMAllocation
-from semipd.server.engine_client import NoPartitionsError
+from semipd.engine.core.interface import EngineUnavailableError, NoPartitionsError
 from semipd.server.errors import APIError, bad_request
 from semipd.server.openai_api import server_state
 from semipd.server.protocol import Number, StrictBody
@@ -35,7 +38,7 @@ def jsonable(value: Any) -> Any:
 
 @router.get("/health")
 async def health(request: Request) -> dict[str, str]:
-    """200 while the engine loop runs, else 503."""
+    """200 while the engine runs, else 503."""
     if not server_state(request).client.is_running:
         raise APIError(503, "the engine is not running", code="engine_not_running")
     return {"status": "ok"}
@@ -50,10 +53,14 @@ async def status(request: Request) -> Any:
 async def set_allocation(body: AllocationRequest, request: Request) -> Any:
     client = server_state(request).client
     try:
-        allocation = SMAllocation(float(body.prefill_percentage), float(body.decode_percentage))
-        client.set_sm_allocation(allocation)
+        requested = SMAllocation(float(body.prefill_percentage), float(body.decode_percentage))
+        applied = await client.set_sm_allocation(requested)
     except NoPartitionsError as exc:
         raise bad_request(str(exc), code="no_partitions") from None
+    except EngineUnavailableError as exc:
+        raise APIError(503, str(exc), code="engine_unavailable") from None
     except ValueError as exc:
         raise bad_request(str(exc), param="prefill_percentage") from None
-    return jsonable({"allocation": allocation.as_dict(), "status": client.get_status()})
+    snapped = abs(applied.prefill_percentage - requested.prefill_percentage) > 1e-9
+    return jsonable({"allocation": applied.as_dict(), "requested": requested.as_dict(), "snapped": snapped,
+                     "status": client.get_status()})

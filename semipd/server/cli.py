@@ -1,4 +1,4 @@
-"""`semipd serve`: load a model into the engine and serve the OpenAI-compatible API.
+"""`semipd serve`: the OpenAI-compatible API in this process, the engine in an engine-core process.
 
 Example: ``semipd serve --model tiny-llama --load-format dummy --device cpu --port 8000``.
 Engine options are passed through to `semipd.engine.EngineConfig`; those not given keep the
@@ -9,6 +9,8 @@ engine's defaults. The API key may also come from the ``SEMIPD_API_KEY`` environ
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.util
 import logging
 import os
 import sys
@@ -17,6 +19,8 @@ from typing import Any
 from semipd.engine.semipd_config import add_semipd_arguments, semipd_config_from_args
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+CORE_DEATH_GRACE_S = 1.0
+"""Seconds the server keeps answering (503) after the engine core died, before it exits."""
 # CLI option -> EngineConfig field (passed only when given).
 ENGINE_OPTIONS = ("model", "load_format", "dtype", "device", "mode", "gpu_memory_utilization", "block_size",
                   "num_kv_blocks", "max_num_batched_tokens", "max_num_seqs", "max_model_len", "tokenizer", "seed")
@@ -78,10 +82,24 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name, None) is not None}
 
 
+def _uvicorn_options() -> dict[str, str]:
+    """uvloop and httptools when installed (the ``server`` extra has them), else uvicorn's defaults."""
+    options = {}
+    if importlib.util.find_spec("uvloop") is not None:
+        options["loop"] = "uvloop"
+    if importlib.util.find_spec("httptools") is not None:
+        options["http"] = "httptools"
+    return options
+
+
 def run(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or SIGTERM (exit 0), or until the engine core dies (exit 1)."""
     import uvicorn
 
-    from semipd.engine import AsyncEngine, EngineConfig, create_engine
+    from semipd.engine.config import resolve_model_config
+    from semipd.engine.core.client import EngineCoreClient
+    from semipd.engine.engine_config import EngineConfig
+    from semipd.engine.tokenizer import tokenizer_dir
     from semipd.server.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -91,11 +109,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         semipd = semipd_config_from_args(args) if args.mode == "semi-pd" else None
         config = EngineConfig(**engine_kwargs(args), semipd=semipd)
-        engine = create_engine(config)
+        resolve_model_config(config.model)  # a wrong model or tokenizer fails here, before the core starts
+        tokenizer_dir(config.model, config.tokenizer)
+        client = EngineCoreClient(config, max_waiting=args.max_waiting, log_level=args.log_level)
     except (ValueError, FileNotFoundError) as exc:
         print(f"semipd serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(AsyncEngine(engine, max_waiting=args.max_waiting), args.served_model_name or args.model,
-                     api_key=args.api_key)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    app = create_app(client, args.served_model_name or args.model, api_key=args.api_key)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=5, **_uvicorn_options()))
+
+    def exit_soon() -> None:  # let the failed requests' errors reach their clients, then stop serving
+        asyncio.get_running_loop().call_later(CORE_DEATH_GRACE_S, setattr, server, "should_exit", True)
+
+    client.on_core_death(exit_soon)
+    try:
+        server.run()  # on SIGTERM uvicorn shuts down (engine core included), then re-raises the signal
+    except KeyboardInterrupt:  # Ctrl-C: the same, re-raised as KeyboardInterrupt after the shutdown
+        return 130
+    if client.died:
+        print(f"semipd serve: the engine core exited (exit code {client.exit_code})", file=sys.stderr)
+        return 1
+    if not server.started:
+        return 1  # start-up failed (the engine core could not load): uvicorn logged why
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -18,15 +19,11 @@ from fastapi import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from semipd.engine.core.interface import EngineClient, EngineUnavailableError, QueueFullError, RequestFailedError
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
-from semipd.server.engine_client import EngineClient, QueueFullError, RequestFailedError
 from semipd.server.errors import APIError, bad_request
 
 T = TypeVar("T")
-
-RETRY_AFTER_S = 1
-"""Seconds a client is told to wait (Retry-After) when the waiting queue is full."""
-
 
 class ClientDisconnected(Exception):
     """The client closed the connection before the answer was ready."""
@@ -35,15 +32,17 @@ class ClientDisconnected(Exception):
 class Generation:
     """The engine outputs of one request; `aclose()` aborts it unless it finished."""
 
-    def __init__(self, client: EngineClient, rid: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def __init__(self, client: EngineClient, rid: str, prompt_token_ids: list[int], params: SamplingParams,
+                 arrival_time: float | None = None) -> None:
         self.client = client
         self.rid = rid
         self.finished = False
-        self._outputs = client.generate(rid, prompt_token_ids, params)
+        self._outputs = client.generate(rid, prompt_token_ids, params, arrival_time)
 
     async def next(self) -> RequestOutput:
-        """The next output. Raises APIError: 503 when the queue is full, 400 when the engine refuses the
-        request, 500 when the engine failed or aborted it or ended the stream without a finished output."""
+        """The next output. Raises APIError: 503 when the queue is full or the engine is not running (with
+        Retry-After), 400 when the engine refuses the request, 500 when the engine failed or aborted it or
+        ended the stream without a finished output."""
         try:
             out = await anext(self._outputs)
         except StopAsyncIteration:
@@ -52,7 +51,10 @@ class Generation:
         except QueueFullError as exc:
             self.finished = True
             raise APIError(503, f"server overloaded: {exc}", code="queue_full",
-                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+                           headers={"Retry-After": str(math.ceil(exc.retry_after_s))}) from None
+        except EngineUnavailableError as exc:
+            self.finished = True
+            raise APIError(503, str(exc), code="engine_unavailable") from None
         except ValueError as exc:
             self.finished = True
             raise bad_request(str(exc)) from None

@@ -18,8 +18,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from semipd.engine.core.interface import EngineClient
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
-from semipd.server.engine_client import EngineClient
 from semipd.server.errors import APIError
 from semipd.server.generation import (
     SSE_DONE,
@@ -29,6 +29,7 @@ from semipd.server.generation import (
     cancel_on_disconnect,
     sse,
 )
+from semipd.server.prompts import chat_prompt_ids
 from semipd.server.protocol import ChatCompletionRequest, CompletionRequest
 from semipd.server.sampling import (
     COMPLETION_DEFAULT_MAX_TOKENS,
@@ -177,8 +178,8 @@ async def _first(gen: Generation) -> RequestOutput:
 
 
 async def _respond(request: Request, client: EngineClient, prompt_ids: list[int], params: SamplingParams,
-                   stream: bool, fmt: ResponseFormat) -> Response:
-    gen = Generation(client, fmt.rid, prompt_ids, params)
+                   stream: bool, fmt: ResponseFormat, arrival_time: float) -> Response:
+    gen = Generation(client, fmt.rid, prompt_ids, params, arrival_time)
     try:
         if not stream:
             return JSONResponse(fmt.full(await cancel_on_disconnect(request, _collect(gen))))
@@ -197,6 +198,7 @@ router = APIRouter()
 
 @router.post("/v1/completions")
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    arrival = time.monotonic()
     state = server_state(request)
     check_model(body, state.served_model_name)
     check_supported(body)
@@ -204,16 +206,17 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     params = sampling_params(body, len(ids), state.client, body.max_tokens, "max_tokens",
                              COMPLETION_DEFAULT_MAX_TOKENS)
     fmt = CompletionFormat(f"cmpl-{uuid.uuid4().hex}", state.served_model_name, _include_usage(body))
-    return await _respond(request, state.client, ids, params, body.stream, fmt)
+    return await _respond(request, state.client, ids, params, body.stream, fmt, arrival)
 
 
 @router.post("/v1/chat/completions")
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    arrival = time.monotonic()
     state = server_state(request)
     check_model(body, state.served_model_name)
     check_supported(body)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
-    ids = await state.client.chat_prompt_ids(messages)
+    ids = await chat_prompt_ids(state.client, messages)
     check_prompt_ids(ids, state.client, "messages")
     if body.max_completion_tokens is not None:
         max_tokens, param = body.max_completion_tokens, "max_completion_tokens"
@@ -221,7 +224,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
         max_tokens, param = body.max_tokens, "max_tokens"
     params = sampling_params(body, len(ids), state.client, max_tokens, param, None)
     fmt = ChatFormat(f"chatcmpl-{uuid.uuid4().hex}", state.served_model_name, _include_usage(body))
-    return await _respond(request, state.client, ids, params, body.stream, fmt)
+    return await _respond(request, state.client, ids, params, body.stream, fmt, arrival)
 
 
 def _model_card(state: ServerState) -> dict[str, Any]:

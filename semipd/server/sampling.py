@@ -3,9 +3,10 @@ and `SamplingParams` checked against the context length. Every refusal is a 400 
 
 from __future__ import annotations
 
+from semipd.engine.core.interface import EngineClient
 from semipd.engine.sampling_params import SamplingParams
-from semipd.server.engine_client import EngineClient
 from semipd.server.errors import APIError, bad_request
+from semipd.server.prompts import encode
 from semipd.server.protocol import CompletionRequest, SamplingBody, unsupported_options
 
 MAX_STOP_STRINGS = 16
@@ -36,7 +37,7 @@ async def completion_prompt_ids(body: CompletionRequest, client: EngineClient) -
         if len(prompt) != 1:
             raise bad_request(f"only one prompt per request is supported, got {len(prompt)}", param="prompt")
         prompt = prompt[0]
-    ids = await client.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    ids = await encode(client, prompt) if isinstance(prompt, str) else list(prompt)
     check_prompt_ids(ids, client, "prompt")
     return ids
 
