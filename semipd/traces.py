@@ -47,9 +47,9 @@ class PublicTrace:
 PUBLIC_TRACES: dict[str, PublicTrace] = {
     t.name: t for t in (
         PublicTrace("azure-conv-2023", _AZURE_DATA + "AzureLLMInferenceTrace_conv.csv",
-                    "Azure LLM inference trace 2023, conversation service (one hour, 19,366 requests)"),
+                    "Azure LLM inference trace 2023 of a conversation service, 19,366 requests over one hour"),
         PublicTrace("azure-code-2023", _AZURE_DATA + "AzureLLMInferenceTrace_code.csv",
-                    "Azure LLM inference trace 2023, coding service (one hour)"),
+                    "Azure LLM inference trace 2023 of a coding service, one hour"),
     )
 }
 
@@ -80,7 +80,7 @@ def fetch_trace(name: str) -> Path:
     if path.is_file():
         return path
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-    print(f"downloading {name} ({trace.description}) from {trace.url} to {path}", file=sys.stderr)
+    print(f"{name}: downloading the {trace.description} from {trace.url} to {path}", file=sys.stderr)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _fetch(trace.url, partial)

@@ -77,7 +77,7 @@ def test_a_named_trace_is_fetched_once(cache: Path, mirror: Path, monkeypatch: p
                                        capsys: pytest.CaptureFixture[str]) -> None:
     path = resolve_trace("azure-conv-2023")
     assert path == cache / "AzureLLMInferenceTrace_conv.csv" and path.read_text() == CSV
-    assert "downloading azure-conv-2023" in capsys.readouterr().err
+    assert "azure-conv-2023: downloading the Azure LLM inference trace 2023" in capsys.readouterr().err
     assert sorted(p.name for p in cache.iterdir()) == ["AzureLLMInferenceTrace_conv.csv"]
 
     def offline(url: str, dest: Path) -> None:

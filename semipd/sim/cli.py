@@ -126,7 +126,7 @@ def build_workload(args: argparse.Namespace) -> tuple[list[WorkloadRequest], dic
 def run(args: argparse.Namespace) -> int:
     from semipd.sim.runner import SimConfig, parse_policy, run_policy
 
-    out, err = Console(width=None if sys.stdout.isatty() else 132), Console(stderr=True)
+    out, err = Console(width=None if sys.stdout.isatty() else 132), Console(stderr=True, soft_wrap=True)
     try:
         check_output_path(args.output_json, "--output-json")
         check_output_path(args.plot, "--plot")

@@ -55,7 +55,7 @@ def demo_workload(duration: float, rate: float, seed: int) -> list[WorkloadReque
 def run(args: argparse.Namespace) -> int:
     from semipd.sim.runner import SimConfig, parse_policy, run_policy
 
-    out, err = Console(width=None if sys.stdout.isatty() else 100), Console(stderr=True)
+    out, err = Console(width=None if sys.stdout.isatty() else 100), Console(stderr=True, soft_wrap=True)
     try:
         check_output_path(args.plot, "--plot")
         perf = get_perf_model(args.model_path)
