@@ -15,6 +15,7 @@ from semipd.bench.datasets import PromptMaker, trace_requests
 from semipd.bench.runner import dataset_rng
 from semipd.cli import main
 from semipd.traces import PUBLIC_TRACES, PublicTrace, cache_dir, fetch_trace, resolve_trace
+from semipd.workload import load_azure_trace
 
 CSV = """TIMESTAMP,ContextTokens,GeneratedTokens
 2023-11-16 18:15:46.6805900,374,44
@@ -131,3 +132,13 @@ def test_simulate_and_bench_offline(cache: Path, monkeypatch: pytest.MonkeyPatch
                  "--model", "m"]) == 2
     err = capsys.readouterr().err
     assert "semipd bench: error: trace azure-conv-2023: cannot download" in err and "Traceback" not in err
+
+
+def test_the_shared_conversation_trace_through_its_name(azure_trace: Path, cache: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = PUBLIC_TRACES["azure-conv-2023"]
+    monkeypatch.setitem(PUBLIC_TRACES, trace.name, PublicTrace(trace.name, azure_trace.as_uri(), trace.description))
+    path = resolve_trace("azure-conv-2023")
+    assert path.read_bytes() == azure_trace.read_bytes()
+    assert len(load_azure_trace(path)) == 19366
+    assert [r.input_len for r in trace_requests("azure-conv-2023", 2, dataset_rng(0), PromptMaker())] == [374, 396]
