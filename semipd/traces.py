@@ -74,15 +74,19 @@ def fetch_trace(name: str) -> Path:
     and starts with the trace's header, so an interrupted or wrong download is never cached.
     """
     if name not in PUBLIC_TRACES:
-        raise ValueError(f"trace: unknown public trace {name!r}; known: {', '.join(PUBLIC_TRACES)}")
+        raise ValueError(f"unknown public trace {name!r}; known: {', '.join(PUBLIC_TRACES)}")
     trace = PUBLIC_TRACES[name]
     path = cache_dir() / trace.filename
     if path.is_file():
         return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"trace {name}: cannot create the cache directory {path.parent} ({exc.strerror or exc}); "
+                         f"set {CACHE_ENV} to a writable directory") from None
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     print(f"{name}: downloading the {trace.description} from {trace.url} to {path}", file=sys.stderr)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         _fetch(trace.url, partial)
         _check_header(partial, name, trace.url)
         os.replace(partial, path)

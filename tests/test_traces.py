@@ -105,6 +105,14 @@ def test_offline_is_a_clean_error_and_caches_nothing(cache: Path, monkeypatch: p
     assert list(cache.iterdir()) == []
 
 
+def test_an_unusable_cache_directory_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SEMIPD_CACHE_DIR", str(blocker))
+    with pytest.raises(ValueError, match=f"cannot create the cache directory {blocker / 'traces'} .*SEMIPD_CACHE_DIR"):
+        fetch_trace("azure-conv-2023")
+
+
 def test_a_download_that_is_not_the_trace_is_not_cached(cache: Path, mirror: Path) -> None:
     (mirror / "AzureLLMInferenceTrace_conv.csv").write_text("<html>captive portal</html>\n")
     with pytest.raises(ValueError, match="is not the trace .*captive portal"):
