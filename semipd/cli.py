@@ -8,6 +8,10 @@ import argparse
 import importlib
 import sys
 
+from semipd import __version__
+
+DESCRIPTION = ("semipd: LLM serving with prefill and decode on disjoint sets of a GPU's SMs, steered by an "
+               "SLO-aware controller; a simulated GPU runs the same scheduler and controller without one.")
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("semipd.sim.demo", "the seed's demo: SLO-aware controller on a simulated GPU"),
@@ -19,7 +23,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semipd", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="semipd", description=DESCRIPTION,
+                                     epilog="`semipd COMMAND --help` lists a command's options.")
+    parser.add_argument("--version", action="version", version=f"semipd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -9,7 +9,6 @@ deterministic given a seed. The simulator and the benchmark client both consume 
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from semipd.trace_csv import read_azure_trace_csv
 
 _ARRIVAL_CHUNK = 4096
 
@@ -49,7 +50,8 @@ def load_azure_trace(
     max_output_len: int | None = None,
     start_offset_s: float = 0.0,
 ) -> list[WorkloadRequest]:
-    """Read an Azure LLM inference trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens).
+    """Read an Azure LLM inference trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens; see
+    `semipd.trace_csv` for what it accepts and `semipd.traces` for the public traces).
 
     ``arrival_time = (TIMESTAMP - first TIMESTAMP - start_offset_s) * time_scale``:
     `time_scale=0.5` replays the trace twice as fast. `start_offset_s` (seconds of trace
@@ -67,28 +69,10 @@ def load_azure_trace(
         raise ValueError(f"max_output_len must be >= 1, got {max_output_len}")
     if not start_offset_s >= 0 or not math.isfinite(start_offset_s):
         raise ValueError(f"start_offset_s must be finite and >= 0, got {start_offset_s}")
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"path: trace file not found: {path}")
-
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        columns = {"TIMESTAMP", "ContextTokens", "GeneratedTokens"}
-        if header is None or not columns <= {h.strip() for h in header}:
-            raise ValueError(f"path: {path} is not an Azure trace (needs columns {sorted(columns)}, got {header})")
-        index = {h.strip(): i for i, h in enumerate(header)}
-        rows = [row for row in reader if row]
-    if not rows:
+    rows = read_azure_trace_csv(path)
+    if rows.timestamps.size == 0:
         return []
-    ti, ci, gi = index["TIMESTAMP"], index["ContextTokens"], index["GeneratedTokens"]
-    try:
-        stamps = np.array([row[ti].strip() for row in rows], dtype="datetime64[ns]")
-        inputs = np.array([row[ci] for row in rows], dtype=np.int64)
-        outputs = np.array([row[gi] for row in rows], dtype=np.int64)
-    except ValueError as exc:
-        raise ValueError(f"path: malformed row in {path}: {exc}") from exc
-
+    stamps, inputs, outputs = rows.timestamps, rows.input_lens, rows.output_lens
     order = np.argsort(stamps, kind="stable")
     stamps, inputs, outputs = stamps[order], inputs[order], outputs[order]
     rel = (stamps - stamps[0]).astype(np.int64) / 1e9

@@ -29,3 +29,15 @@ def test_generate_chat_and_text_output(capsys: pytest.CaptureFixture[str]) -> No
 def test_bad_option_exits() -> None:
     with pytest.raises(SystemExit):
         main(["generate", "--model", "tiny-llama", "--dtype", "int4"])
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--model", "tiny-llama"], "--model tiny-llama is a preset (a model shape without weights): add --load-format"),
+    (["--model", "/no/such/model"], "neither a directory nor a preset"),
+    (["--model", "tiny-llama", "--load-format", "dummy", "--device", "cpu", "--max-tokens", "0"], "max_tokens"),
+    (["--model", "tiny-llama", "--load-format", "dummy", "--device", "cpu", "--temperature", "-1"], "temperature"),
+])
+def test_bad_inputs_are_one_error_line(argv: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["generate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("semipd generate: error: ") and words in err and len(err.splitlines()) == 1

@@ -101,6 +101,13 @@ def test_host_batch_of_a_mixed_batch_matches_the_token_layout() -> None:
         build_host_batch(Batch(), rows, BS)
 
 
+def test_tiny_temperatures_make_a_greedy_batch() -> None:
+    blocks = Blocks(64, seed=1)
+    decodes = [_decoding(f"t{i}", 5, 2, blocks, SamplingParams(temperature=1e-40, top_p=0.5), seed=i) for i in range(2)]
+    s = build_host_batch(Batch(decodes=decodes), RequestRows(vocab_size=512), BS).sampling
+    assert s.all_greedy and not s.use_top_k_top_p
+
+
 def test_padded_prefill_batches_keep_their_layout_and_pad_with_unwritten_rows() -> None:
     blocks = Blocks(200, seed=5)
     a = make_request("a", random_prompt(11, seed=1))

@@ -229,6 +229,17 @@ def sampling_matches_reference() -> None:
 
 
 @case
+def sampling_tiny_temperature_is_greedy() -> None:
+    from semipd.engine.kernels.triton_sampling import sample_tokens_triton
+
+    logits = torch.randn(6, 5000) * 30  # logits / 1e-40 overflow to +inf: ties would pick the first positive one
+    seeds, steps = torch.arange(6), torch.zeros(6, dtype=torch.int64)
+    for temperature in (1e-40, 1e-30, 1e-6):
+        temps = torch.full((6,), temperature)
+        assert torch.equal(sample_tokens_triton(logits, temps, seeds, steps), logits.argmax(-1)), temperature
+
+
+@case
 def rope_and_store_matches_the_unfused_ops() -> None:
     from semipd.engine.kernels import apply_rope_torch, build_rope_cache, store_kvcache_torch
     from semipd.engine.kernels.triton_rope_store import rope_and_store_kvcache_triton

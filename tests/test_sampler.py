@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semipd.engine.sampler import Sampler, SamplingTensors, apply_top_k_top_p, hash32, uniform_noise
+from semipd.engine.sampler import (
+    Sampler,
+    SamplingTensors,
+    apply_top_k_top_p,
+    hash32,
+    sample_tokens_torch,
+    uniform_noise,
+)
+from semipd.engine.sampling_params import GREEDY_TEMPERATURE, SamplingParams
 
 V = 50
 
@@ -99,3 +107,31 @@ def test_noise_is_uniform_and_hash_is_a_bijection_sample() -> None:
 @pytest.mark.parametrize("top_k", [0, -1, V, V + 10])
 def test_top_k_disabled_values(top_k: int) -> None:
     assert not _tensors(2, top_k=top_k).use_top_k_top_p
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-30, 1e-6])
+def test_tiny_temperature_is_greedy(temperature: float) -> None:
+    logits = _logits(32, seed=3) * 10  # many positive logits: logits / T would overflow to +inf ties
+    for top_k, top_p in ((-1, 1.0), (5, 0.9)):
+        t = _tensors(32, temperature=temperature, top_k=top_k, top_p=top_p)
+        assert t.all_greedy
+        assert torch.equal(Sampler()(logits, t), logits.argmax(-1))
+    temps = torch.full((32,), temperature)
+    zeros = torch.zeros(32, dtype=torch.int64)
+    assert torch.equal(sample_tokens_torch(logits, temps, torch.arange(32), zeros), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("top_p", [1e-300, 1e-45, 1e-8])
+def test_tiny_top_p_keeps_the_most_likely_token(top_p: float) -> None:
+    logits = _logits(32, seed=4)
+    t = _tensors(32, temperature=1.0, top_p=top_p)
+    assert t.use_top_k_top_p
+    assert torch.equal(Sampler()(logits, t), logits.argmax(-1))
+    masked = apply_top_k_top_p(logits, torch.full((32,), V), torch.full((32,), top_p))
+    assert torch.equal(torch.isfinite(masked), logits == logits.max(-1, keepdim=True).values)
+
+
+def test_greedy_threshold_of_the_params() -> None:
+    assert SamplingParams(temperature=1e-40).is_greedy
+    assert SamplingParams(temperature=GREEDY_TEMPERATURE / 2).is_greedy
+    assert not SamplingParams(temperature=GREEDY_TEMPERATURE).is_greedy

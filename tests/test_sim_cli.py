@@ -6,6 +6,7 @@ import argparse
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,87 @@ def test_demo_defaults_tell_the_story():
     ours, count = attainment_between(adaptive, slo, after, float("inf"))
     theirs, _ = attainment_between(static, slo, after, float("inf"))
     assert count > 100 and ours >= 0.9 and ours > theirs + 0.5
+
+
+def _flat(text: str) -> str:
+    """Console output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+def test_simulate_trace_errors_read_cleanly(tmp_path, capsys):
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,374,44\n2023-11-16 18:15:47,17\n")
+    assert main(["simulate", "--trace", str(ragged), "--policy", "unified"]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert err.startswith(f"error: trace {ragged}, line 3: expected 3 fields") and "Traceback" not in err
+    assert main(["simulate", "--trace", str(tmp_path / "missing.csv"), "--policy", "unified"]) == 2
+    assert _flat(capsys.readouterr().err).startswith("error: trace file not found: ")
+
+
+@pytest.mark.parametrize("flag", ["--output-json", "--plot"])
+def test_output_paths_are_checked_before_simulating(flag, tmp_path, monkeypatch, capsys):
+    import semipd.sim.runner
+
+    def no_simulation(*args, **kwargs):
+        raise AssertionError("simulated before checking the output paths")
+
+    monkeypatch.setattr(semipd.sim.runner, "run_policy", no_simulation)
+    missing = tmp_path / "no" / "such" / "r.out"
+    assert main(["simulate", "--duration", "3", "--policy", "unified", flag, str(missing)]) == 2
+    err = _flat(capsys.readouterr().err)
+    assert f"error: {flag} {missing}: the directory {missing.parent} does not exist" in err
+    assert main(["simulate", "--duration", "3", "--policy", "unified", flag, str(tmp_path)]) == 2
+    assert f"{flag} {tmp_path} is a directory" in _flat(capsys.readouterr().err)
+    assert main(["demo", "--plot", str(missing)]) == 2
+    assert f"error: --plot {missing}: the directory" in _flat(capsys.readouterr().err)
+
+
+def test_simulate_write_failure_is_one_error_line(tmp_path, monkeypatch, capsys):
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--duration", "3", "--policy", "unified", "--output-json", str(out)]) == 1
+    err = _flat(capsys.readouterr().err)
+    assert f"error: --output-json: cannot write {out}: Permission denied" in err and "Traceback" not in err
+
+
+def test_plot_marks_latencies_above_the_axis(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    spiky = _fake_result("spiky", [10.0])
+    spiky = replace(spiky, timeline=[replace(c, ttft_p90_ms=5000.0 * (k % 2) + 50.0)
+                                     for k, c in enumerate(spiky.timeline)])
+    plot_timelines([spiky, _fake_result("calm", [10.0])], SLO, tmp_path / "t.png")
+    ttft, tpot = (ax for ax in figures[0].axes if ax.get_ylabel().startswith(("TTFT", "TPOT")))
+    assert ttft.get_ylim()[1] == pytest.approx(6 * SLO.ttft_target_ms)
+    notes = [t.get_text() for t in ttft.texts]
+    assert notes == ["\u25b2 above 1200 ms, off the scale (2 points)"]
+    markers = [line for line in ttft.get_lines() if line.get_marker() == "^"]
+    assert len(markers) == 1 and list(markers[0].get_xdata()) == [5.0, 15.0]
+    assert not tpot.texts and not [line for line in tpot.get_lines() if line.get_marker() == "^"]
+
+
+def test_demo_names_the_grid_and_keeps_the_statistics_title_whole(capsys):
+    assert main(["demo", "--simulation-cycles", "1", "--monitoring-interval", "2", "--request-rate", "2",
+                 "--plot", ""]) == 0
+    out = capsys.readouterr().out
+    assert "start at 70/30" in out and "the split snaps to the 8-SM grid of the H100: 73/27 = 96/36 SMs" in out
+    assert "controller statistics (get_controller_status()['statistics'])" in out
+
+
+def test_top_level_help_and_version(capsys):
+    from semipd import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"semipd {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "steered by an SLO-aware controller; a simulated GPU runs the same scheduler and controller without one." \
+        in text

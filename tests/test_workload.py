@@ -67,11 +67,11 @@ def test_trace_argument_errors(tiny_trace, tmp_path):
         load_azure_trace(tiny_trace, max_requests=0)
     with pytest.raises(ValueError, match="start_offset_s"):
         load_azure_trace(tiny_trace, start_offset_s=-1)
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(ValueError, match="trace file not found"):
         load_azure_trace(tmp_path / "missing.csv")
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,c\n1,2,3\n")
-    with pytest.raises(ValueError, match="path"):
+    with pytest.raises(ValueError, match="not an Azure LLM trace"):
         load_azure_trace(bad)
 
 

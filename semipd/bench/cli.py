@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "text: random words (default, and the only choice, for openai-chat)")
     data.add_argument("--random-token-range", default=f"{DEFAULT_TOKEN_RANGE[0]}:{DEFAULT_TOKEN_RANGE[1]}",
                       help="LOW:HIGH token ids for random prompts (capped to --tokenizer's vocabulary)")
-    data.add_argument("--trace-path", help="Azure trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)")
+    data.add_argument("--trace-path", help="Azure trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens), or a "
+                      "public trace fetched on first use: azure-conv-2023, azure-code-2023")
     data.add_argument("--time-scale", type=float, default=1.0, help="trace time multiplier (0.5 = twice as fast)")
     data.add_argument("--trace-max-input-len", type=int, help="cap trace prompt lengths")
     data.add_argument("--trace-max-output-len", type=int, help="cap trace output lengths")

@@ -3,7 +3,8 @@
 - random: lengths uniform in [L(1-r), L(1+r)] as ``vllm bench serve --random-range-ratio r``
   draws them; prompts are random token ids (exact lengths through ``prompt: [ids]`` on
   ``/v1/completions``) or random common words (about one token each) for text endpoints.
-- trace: lengths (and timestamps) from an Azure LLM trace CSV via `semipd.workload`.
+- trace: lengths (and timestamps) from an Azure LLM trace CSV via `semipd.workload`, or from a
+  public trace by name (``azure-conv-2023``, ``azure-code-2023``: `semipd.traces` fetches it).
 - sharegpt: the first human turn of each conversation as the prompt, the reply's length
   as the output length, filtered as vLLM filters them.
 Everything is deterministic given the `numpy` generator passed in.
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from semipd.bench.tokens import HeuristicCounter, TokenCounter
+from semipd.traces import resolve_trace
 from semipd.workload import LengthDist, load_azure_trace
 
 PROMPT_FORMATS: tuple[str, ...] = ("ids", "text")
@@ -146,9 +148,10 @@ def trace_requests(
     start_offset_s: float = 0.0,
 ) -> list[BenchRequest]:
     """The first `num_requests` requests of an Azure trace (all when None), with random
-    prompts of the trace's lengths and the trace's scaled timestamps as `arrival_time`."""
+    prompts of the trace's lengths and the trace's scaled timestamps as `arrival_time`.
+    `path` is a CSV file or a `semipd.traces.PUBLIC_TRACES` name."""
     workload = load_azure_trace(
-        path,
+        resolve_trace(path),
         time_scale=time_scale,
         max_requests=num_requests,
         max_input_len=max_input_len,

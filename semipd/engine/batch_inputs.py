@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semipd.engine.sampling_params import GREEDY_TEMPERATURE
 from semipd.sched.batch import Batch
 from semipd.sched.request import Request
 
@@ -121,7 +122,7 @@ class HostSampling:
         temps = np.array([e[_TEMP] for e in entries], dtype=np.float32)
         top_ks = np.array([e[_TOP_K] for e in entries], dtype=np.int64)
         top_ps = np.array([e[_TOP_P] for e in entries], dtype=np.float32)
-        sampled = temps > 0
+        sampled = temps >= GREEDY_TEMPERATURE
         return cls(temps, top_ks, top_ps, np.array([e[_SEED] for e in entries], dtype=np.int64),
                    np.array([r.num_output_tokens for r in requests], dtype=np.int64),
                    all_greedy=not sampled.any(),

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 from semipd.engine.engine_config import DEVICES, MODES
+from semipd.engine.presets import is_preset
 from semipd.engine.semipd_config import add_semipd_arguments, semipd_config_from_args
 
 
@@ -60,9 +63,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Generate and print; bad options or inputs print one error line and return 2."""
+    try:
+        return _generate(args)
+    except ValueError as exc:
+        print(f"semipd generate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _check_preset_load_format(model: str, load_format: str) -> None:
+    """A preset names a model shape without weights: it needs ``--load-format dummy``."""
+    if is_preset(model) and not Path(model).is_dir() and load_format != "dummy":
+        raise ValueError(f"--model {model} is a preset (a model shape without weights): add --load-format dummy "
+                         "for random weights, or pass a Hugging Face model directory")
+
+
+def _generate(args: argparse.Namespace) -> int:
     from semipd.engine.llm import LLM
     from semipd.engine.sampling_params import SamplingParams
 
+    _check_preset_load_format(args.model, args.load_format)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             top_k=args.top_k, seed=args.sampling_seed, stop=args.stop, ignore_eos=args.ignore_eos)
     start = time.perf_counter()

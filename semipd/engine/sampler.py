@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from semipd.engine.kernels._dispatch import use_triton
+from semipd.engine.sampling_params import GREEDY_TEMPERATURE
 
 _MASK32 = 0xFFFFFFFF
 
@@ -52,7 +53,7 @@ class SamplingTensors:
     """
 
     temperatures: torch.Tensor
-    """[B] float32; 0 means greedy."""
+    """[B] float32; below `GREEDY_TEMPERATURE` (0 included) means greedy."""
     top_ks: torch.Tensor
     """[B] int64; values >= vocab size (or <= 0 on the host) keep all tokens."""
     top_ps: torch.Tensor
@@ -78,21 +79,22 @@ class SamplingTensors:
         ints = ints.to(device, non_blocking=True)
         return cls(
             temperatures=floats[:n], top_ps=floats[n:], top_ks=ints[:n], seeds=ints[n:2 * n], steps=ints[2 * n:],
-            all_greedy=all(t == 0 for t in temperatures),
-            use_top_k_top_p=any(t > 0 and (k < vocab_size or p < 1.0) for t, k, p in zip(temperatures, ks, top_ps,
-                                                                                        strict=True)),
+            all_greedy=all(t < GREEDY_TEMPERATURE for t in temperatures),
+            use_top_k_top_p=any(t >= GREEDY_TEMPERATURE and (k < vocab_size or p < 1.0)
+                                for t, k, p in zip(temperatures, ks, top_ps, strict=True)),
         )
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_ks: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
-    """Set logits outside each row's top-k, then outside its nucleus (top-p of what top-k kept), to -inf."""
+    """Set logits outside each row's top-k, then outside its nucleus (top-p of what top-k kept), to -inf.
+    The most likely token always stays, even where top-p rounds to 0 in float32."""
     vocab = logits.shape[-1]
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     rank = torch.arange(vocab, device=logits.device)[None, :]
     sorted_logits = sorted_logits.masked_fill(rank >= top_ks[:, None], float("-inf"))
     probs = sorted_logits.softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs
-    drop_sorted = (mass_before >= top_ps[:, None]) | (rank >= top_ks[:, None])
+    drop_sorted = ((mass_before >= top_ps[:, None]) & (rank > 0)) | (rank >= top_ks[:, None])
     drop = torch.empty_like(drop_sorted).scatter_(1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -101,19 +103,21 @@ def _gumbel_argmax(logits: torch.Tensor, temperatures: torch.Tensor, seeds: torc
                    top_ks: torch.Tensor | None, top_ps: torch.Tensor | None) -> torch.Tensor:
     logits = logits.float()
     greedy = logits.argmax(dim=-1)
-    temps = torch.where(temperatures > 0, temperatures, torch.ones_like(temperatures))
+    sampled_rows = temperatures >= GREEDY_TEMPERATURE
+    temps = torch.where(sampled_rows, temperatures, torch.ones_like(temperatures))
     scaled = logits / temps[:, None]
     if top_ks is not None and top_ps is not None:
         scaled = apply_top_k_top_p(scaled, top_ks, top_ps)
     gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, logits.shape[-1])))
     sampled = (scaled + gumbel).argmax(dim=-1)
-    return torch.where(temperatures > 0, sampled, greedy)
+    return torch.where(sampled_rows, sampled, greedy)
 
 
 def sample_tokens_torch(logits: torch.Tensor, temperatures: torch.Tensor, seeds: torch.Tensor,
                         steps: torch.Tensor) -> torch.Tensor:
-    """Greedy rows (temperature 0) take the argmax; the others ``argmax(logits / T + Gumbel noise)``
-    with the noise of `uniform_noise`: a sample of softmax(logits / T). No top-k / top-p."""
+    """Greedy rows (temperature below `GREEDY_TEMPERATURE`) take the argmax; the others
+    ``argmax(logits / T + Gumbel noise)`` with the noise of `uniform_noise`: a sample of
+    softmax(logits / T). No top-k / top-p."""
     return _gumbel_argmax(logits, temperatures, seeds, steps, None, None)
 
 

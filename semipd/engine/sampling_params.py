@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+GREEDY_TEMPERATURE = 1e-5
+"""Temperatures below this sample greedily (argmax), as in vLLM. Dividing logits by a smaller
+temperature can overflow float32 to +inf, and ties among infinities would pick the wrong token."""
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -13,9 +17,10 @@ class SamplingParams:
     max_tokens: int = 16
     """Most tokens to generate (>= 1)."""
     temperature: float = 1.0
-    """0 is greedy (argmax); otherwise logits are divided by it."""
+    """0 (or anything below `GREEDY_TEMPERATURE`) is greedy (argmax); otherwise logits are divided by it."""
     top_p: float = 1.0
-    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p, in (0, 1]."""
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p, in (0, 1]. The most
+    likely token always stays, however small top_p is."""
     top_k: int = -1
     """Keep the k most likely tokens; -1 (or 0) keeps all."""
     seed: int | None = None
@@ -50,7 +55,7 @@ class SamplingParams:
 
     @property
     def is_greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_TEMPERATURE
 
 
 @dataclass

@@ -15,8 +15,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from semipd.sim.perf_model import get_perf_model, known_perf_models
-from semipd.sim.report import PlotUnavailableError, plot_timelines, policy_table
+from semipd.sim.report import PlotUnavailableError, check_output_path, plot_timelines, policy_table
 from semipd.slo.constraints import SLOConstraints
+from semipd.traces import PUBLIC_TRACES, resolve_trace
 from semipd.workload import (
     LengthDist,
     WorkloadRequest,
@@ -31,7 +32,9 @@ DEFAULT_POLICIES = ("unified", "static:30/70", "static:50/50", "static:70/30", "
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("workload (a trace, the built-in phased workload, or synthetic arrivals)")
-    src.add_argument("--trace", type=Path, help="Azure LLM trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens)")
+    src.add_argument("--trace", metavar="CSV_OR_NAME",
+                     help="Azure LLM trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens), or a public trace "
+                          f"fetched on first use and cached: {', '.join(PUBLIC_TRACES)}")
     src.add_argument("--time-scale", type=float, default=1.0,
                      help="multiply trace inter-arrival times by this (0.5 replays twice as fast)")
     src.add_argument("--trace-start", type=float, default=0.0, help="skip this many seconds of the trace")
@@ -95,10 +98,10 @@ def build_workload(args: argparse.Namespace) -> tuple[list[WorkloadRequest], dic
     if args.trace is not None and args.phased:
         raise ValueError("--trace and --phased exclude each other")
     if args.trace is not None:
-        workload = load_azure_trace(args.trace, time_scale=args.time_scale, max_requests=args.max_requests,
-                                    max_input_len=args.max_input_len, max_output_len=args.max_output_len,
-                                    start_offset_s=args.trace_start)
-        source = {"source": "trace", "trace": str(args.trace), "time_scale": args.time_scale,
+        workload = load_azure_trace(resolve_trace(args.trace), time_scale=args.time_scale,
+                                    max_requests=args.max_requests, max_input_len=args.max_input_len,
+                                    max_output_len=args.max_output_len, start_offset_s=args.trace_start)
+        source = {"source": "trace", "trace": args.trace, "time_scale": args.time_scale,
                   "trace_start_s": args.trace_start}
     elif args.phased:
         duration = args.duration if args.duration is not None else 240.0
@@ -123,8 +126,10 @@ def build_workload(args: argparse.Namespace) -> tuple[list[WorkloadRequest], dic
 def run(args: argparse.Namespace) -> int:
     from semipd.sim.runner import SimConfig, parse_policy, run_policy
 
-    out, err = Console(width=None if sys.stdout.isatty() else 132), Console(stderr=True)
+    out, err = Console(width=None if sys.stdout.isatty() else 132), Console(stderr=True, soft_wrap=True)
     try:
+        check_output_path(args.output_json, "--output-json")
+        check_output_path(args.plot, "--plot")
         get_perf_model(args.perf_model)
         specs = list(args.policies or DEFAULT_POLICIES)
         for spec in specs:
@@ -163,7 +168,12 @@ def run(args: argparse.Namespace) -> int:
                           "monitoring_interval_s": args.monitoring_interval, "window_s": args.window,
                           "initial_prefill_percentage": args.initial_prefill, "seed": args.seed},
                "policies": summaries}
-        args.output_json.write_text(json.dumps(doc, indent=2) + "\n")
+        try:
+            args.output_json.write_text(json.dumps(doc, indent=2) + "\n")
+        except OSError as exc:
+            err.print(f"[red]error:[/] --output-json: cannot write {escape(str(args.output_json))}: "
+                      f"{escape(exc.strerror or str(exc))}")
+            return 1
         out.print(f"wrote {args.output_json}")
     if args.plot is not None:
         try:
@@ -172,6 +182,10 @@ def run(args: argparse.Namespace) -> int:
             out.print(f"wrote {args.plot}")
         except PlotUnavailableError as exc:
             err.print(f"[red]error:[/] {escape(str(exc))}")
+            return 1
+        except OSError as exc:
+            err.print(f"[red]error:[/] --plot: cannot write {escape(str(args.plot))}: "
+                      f"{escape(exc.strerror or str(exc))}")
             return 1
     return 0
 

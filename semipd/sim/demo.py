@@ -20,8 +20,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from semipd.sim.perf_model import get_perf_model
-from semipd.sim.report import PLOT_HINT, PlotUnavailableError, attainment_between, plot_timelines
+from semipd.allocation import SMAllocation
+from semipd.sim.perf_model import PerfModel, get_perf_model
+from semipd.sim.report import PLOT_HINT, PlotUnavailableError, attainment_between, check_output_path, plot_timelines
 from semipd.slo.constraints import SLOConstraints
 from semipd.workload import LengthDist, WorkloadRequest, synthetic_workload
 
@@ -54,8 +55,9 @@ def demo_workload(duration: float, rate: float, seed: int) -> list[WorkloadReque
 def run(args: argparse.Namespace) -> int:
     from semipd.sim.runner import SimConfig, parse_policy, run_policy
 
-    out, err = Console(width=None if sys.stdout.isatty() else 100), Console(stderr=True)
+    out, err = Console(width=None if sys.stdout.isatty() else 100), Console(stderr=True, soft_wrap=True)
     try:
+        check_output_path(args.plot, "--plot")
         perf = get_perf_model(args.model_path)
         if args.simulation_cycles < 1:
             raise ValueError(f"--simulation-cycles must be >= 1, got {args.simulation_cycles}")
@@ -70,13 +72,19 @@ def run(args: argparse.Namespace) -> int:
         workload = demo_workload(duration, args.request_rate, args.seed)
         adaptive = str(parse_policy(f"slo:{args.predictor}"))
         static = str(parse_policy(f"static:{args.initial_prefill_sm:g}/{args.initial_decode_sm:g}"))
+        grid = config.grid(perf)
+        start = grid.nearest(SMAllocation(args.initial_prefill_sm, args.initial_decode_sm))
     except ValueError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         return 2
 
     out.print(f"[bold]Semi-PD SLO-aware demo[/] on a simulated GPU ({perf.name}, {perf.total_sms} SMs)")
     out.print(f"SLO: P95 TTFT <= {slo.ttft_target_ms:g} ms, P95 TPOT <= {slo.tpot_target_ms:g} ms; "
-              f"start at {args.initial_prefill_sm:g}/{args.initial_decode_sm:g} (prefill/decode SMs %)")
+              f"start at {args.initial_prefill_sm:g}/{args.initial_decode_sm:g} (prefill/decode % of the SMs)")
+    prefill_sms = grid.prefill_sms(start)
+    out.print(f"the split snaps to the {grid.granularity}-SM grid of the {_gpu_name(perf)}: "
+              f"{start.prefill_percentage:.0f}/{start.decode_percentage:.0f} = {prefill_sms}/"
+              f"{grid.total_sms - prefill_sms} SMs", highlight=False)
     out.print(f"workload: {len(workload)} decode-heavy requests over {duration:g} s "
               f"(~{args.request_rate:g} req/s); controller every {args.monitoring_interval:g} s\n")
 
@@ -112,6 +120,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gpu_name(perf: PerfModel) -> str:
+    """"H100" for a built-in performance model, "132-SM GPU" for a measured profile."""
+    gpu = getattr(perf, "gpu", None)
+    return gpu.name.upper() if gpu is not None else f"{perf.total_sms}-SM GPU"
+
+
 def _cycle_header() -> str:
     return (f"{'cycle':>5} {'time':>7}  {'P/D %':>9}  {'TTFT p95':>9}  {'TPOT p95':>9}  {'TPOT live':>9}  "
             f"{'violations':<22} action\n"
@@ -131,7 +145,8 @@ def _cycle_row(n: int, c: CycleRecord) -> str:
 
 
 def _statistics_table(status: dict[str, Any] | None) -> Table:
-    table = Table(title="controller statistics (get_controller_status()['statistics'])", title_justify="left")
+    title = "controller statistics (get_controller_status()['statistics'])"
+    table = Table(title=title, title_justify="left", min_width=len(title))  # the title never wraps mid-word
     table.add_column("statistic")
     table.add_column("value", justify="right")
     for key, value in ((status or {}).get("statistics") or {}).items():

@@ -6,6 +6,7 @@ for, and `PlotUnavailableError` says how to install it when it is missing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,12 +21,29 @@ if TYPE_CHECKING:
     from semipd.sim.results import SimResult
 
 PLOT_HINT = 'pip install -e ".[plot]"'
+_CLIP_TARGETS = 6
+"""Latency axes stop at this many times their target; points above it are marked at the top edge."""
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
            "tab:cyan", "tab:gray")
 
 
 class PlotUnavailableError(RuntimeError):
     """matplotlib is not installed."""
+
+
+def check_output_path(path: str | Path | None, flag: str) -> None:
+    """Raise ValueError naming `flag` when a report could not be written to `path` (a missing or
+    read-only folder, or a folder in its place), so the error comes before any simulation runs."""
+    if path is None or str(path) == "":
+        return
+    path = Path(path)
+    folder = path.parent
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory: give a file name")
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: the directory {folder} does not exist (create it first)")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {path}: the directory {folder} is not writable")
 
 
 def policy_table(summaries: Mapping[str, Mapping[str, Any]], slo: SLOConstraints, title: str | None = None) -> Table:
@@ -72,7 +90,8 @@ def plot_timelines(results: Sequence[SimResult], slo: SLOConstraints, path: str 
                    title: str | None = None, percentile: int = 90) -> Path:
     """Write a PNG of the policies' timelines: prefill SM share, windowed TTFT and TPOT
     (`percentile` 90 or 95) against their targets, and the load (arrival rate, prefill
-    queue). One line per policy; windows without samples leave gaps."""
+    queue). One line per policy; windows without samples leave gaps. The latency axes stop
+    at six times their target: points above are drawn as triangles on the top edge."""
     if percentile not in (90, 95):
         raise ValueError(f"percentile must be 90 or 95, got {percentile}")
     try:
@@ -84,13 +103,16 @@ def plot_timelines(results: Sequence[SimResult], slo: SLOConstraints, path: str 
     fig = Figure(figsize=(11, 13), layout="constrained")
     FigureCanvasAgg(fig)
     ax_alloc, ax_ttft, ax_tpot, ax_rate, ax_queue = fig.subplots(5, 1, sharex=True)
+    latency: dict[str, list[tuple[list[float], list[float], str]]] = {"ttft": [], "tpot": []}
     for i, result in enumerate(results):
         color = _COLORS[i % len(_COLORS)]
         t = [c.time for c in result.timeline]
         style = {"color": color, "label": result.policy, "linewidth": 1.5}
         ax_alloc.step(t, [c.prefill_percentage for c in result.timeline], where="post", **style)
-        ax_ttft.plot(t, [_gap(getattr(c, f"ttft_p{percentile}_ms")) for c in result.timeline], **style)
-        ax_tpot.plot(t, [_gap(getattr(c, f"tpot_p{percentile}_ms")) for c in result.timeline], **style)
+        for metric, ax in (("ttft", ax_ttft), ("tpot", ax_tpot)):
+            values = [_gap(getattr(c, f"{metric}_p{percentile}_ms")) for c in result.timeline]
+            ax.plot(t, values, **style)
+            latency[metric].append((t, values, color))
         ax_queue.plot(t, [c.num_waiting_prefill for c in result.timeline], **style)
         if i == 0:
             ax_rate.plot(t, [c.arrival_rate for c in result.timeline], color="black", linewidth=1.5)
@@ -103,10 +125,11 @@ def plot_timelines(results: Sequence[SimResult], slo: SLOConstraints, path: str 
     ax_rate.set_ylabel("arrivals (req/s)")
     ax_queue.set_ylabel("waiting for prefill")
     ax_queue.set_xlabel("time (s)")
-    for ax in (ax_ttft, ax_tpot):
+    for metric, ax, target in (("ttft", ax_ttft, slo.ttft_target_ms), ("tpot", ax_tpot, slo.tpot_target_ms)):
         top = ax.get_ylim()[1]
-        target = slo.ttft_target_ms if ax is ax_ttft else slo.tpot_target_ms
-        ax.set_ylim(0, min(top, 6 * target) if top > 0 else 1)
+        limit = min(top, _CLIP_TARGETS * target) if top > 0 else 1
+        ax.set_ylim(0, limit)
+        _mark_clipped(ax, latency[metric], limit)
     for ax in (ax_alloc, ax_ttft, ax_tpot, ax_rate, ax_queue):
         ax.grid(True, alpha=0.3)
     ax_alloc.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
@@ -116,6 +139,21 @@ def plot_timelines(results: Sequence[SimResult], slo: SLOConstraints, path: str 
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
+
+
+def _mark_clipped(ax: Any, series: Sequence[tuple[list[float], list[float], str]], limit: float) -> None:
+    """Draw a triangle at the top edge of `ax` over each point of `series` (times, values, color)
+    above `limit`, and say so in the corner."""
+    clipped = 0
+    for times, values, color in series:
+        over = [t for t, v in zip(times, values, strict=True) if v > limit]
+        if over:
+            ax.plot(over, [limit] * len(over), linestyle="none", marker="^", markersize=7, color=color,
+                    clip_on=False, zorder=5)
+            clipped += len(over)
+    if clipped:
+        ax.text(0.01, 0.97, f"\u25b2 above {limit:.0f} ms, off the scale ({clipped} points)", transform=ax.transAxes,
+                ha="left", va="top", fontsize="small", bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0})
 
 
 def _gap(value_ms: float) -> float:

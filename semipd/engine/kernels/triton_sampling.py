@@ -3,7 +3,8 @@
 The same draw as `semipd.engine.sampler.sample_tokens_torch`: row ``b`` takes
 ``argmax(logits[b] / T_b + g)`` with Gumbel noise ``g = -log(-log(u))``, where ``u`` is the
 counter-based hash of (seed, step, column) of `semipd.engine.sampler.uniform_noise`; rows
-with ``T_b == 0`` take ``argmax(logits[b])``. Ties go to the lowest column, as ``torch.argmax``.
+with ``T_b`` below `GREEDY_TEMPERATURE` (0 included) take ``argmax(logits[b])``. Ties go to the
+lowest column, as ``torch.argmax``.
 
 Two launches whose grids depend on shapes only (CUDA-graph safe, no host synchronisation):
 stage 1 reduces chunks of ``BLOCK_V`` columns of each row to (max, argmax); stage 2 reduces
@@ -15,6 +16,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from semipd.engine.sampling_params import GREEDY_TEMPERATURE
 
 _BLOCK_V = 4096
 
@@ -45,6 +48,7 @@ def _sample_stage1(
     stride_l,
     vocab,
     num_chunks,
+    MIN_TEMP: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -53,7 +57,7 @@ def _sample_stage1(
     mask = cols < vocab
     x = tl.load(logits_ptr + row * stride_l + cols, mask=mask, other=float("-inf")).to(tl.float32)
     temp = tl.load(temps_ptr + row)
-    if temp > 0.0:
+    if temp >= MIN_TEMP:
         seed = tl.load(seeds_ptr + row).to(tl.uint64, bitcast=True)
         step = tl.load(steps_ptr + row).to(tl.uint64, bitcast=True)
         lo = seed & 0xFFFFFFFF
@@ -97,7 +101,7 @@ def sample_tokens_triton(logits: torch.Tensor, temperatures: torch.Tensor, seeds
     part_idx = torch.empty(batch, num_chunks, dtype=torch.int32, device=logits.device)
     _sample_stage1[(batch, num_chunks)](
         logits, temperatures, seeds, steps, part_val, part_idx, logits.stride(0), vocab, num_chunks,
-        BLOCK_V=_BLOCK_V, num_warps=8,
+        MIN_TEMP=GREEDY_TEMPERATURE, BLOCK_V=_BLOCK_V, num_warps=8,
     )
     _sample_stage2[(batch,)](part_val, part_idx, out, num_chunks, vocab,
                              BLOCK_C=max(16, triton.next_power_of_2(num_chunks)), num_warps=1)
