@@ -43,11 +43,11 @@ from typing import Any
 
 import torch
 
-from semipd.engine.config import ModelConfig, resolve_model_config
 from semipd.engine.engine import Engine
 from semipd.engine.engine_config import EngineConfig
+from semipd.engine.models.config import ModelConfig, resolve_model_config
+from semipd.engine.runtime.step_profile import MethodTimers, kernel_profile
 from semipd.engine.sampling_params import SamplingParams
-from semipd.engine.step_profile import MethodTimers, kernel_profile
 from semipd.sched.batch import Batch, PrefillChunk
 from semipd.sched.request import Request
 

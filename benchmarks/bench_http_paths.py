@@ -54,7 +54,8 @@ def run(label: str, root: Path, config: str, args: argparse.Namespace, port: int
                             "trace", "--trace-path", args.trace, "--trace-max-input-len", "7000",
                             "--trace-max-output-len", "1024", "--request-rates", args.rates,
                             "--duration-per-rate", str(args.duration), "--goodput", "ttft:300", "tpot:40",
-                            "--output-json", str(sweep_out), "--no-plot", "--no-progress", *tokens], check=True, cwd=ROOT)
+                            "--output-json", str(sweep_out), "--no-plot", "--no-progress", *tokens],
+                           check=True, cwd=ROOT)
             result["sweep"] = json.loads(sweep_out.read_text())
             return result
         finally:
@@ -96,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['label']}: {r['error']}")
             continue
         s = r["single"]
-        print(f"{r['label']} ({r['config']}): startup {r['startup_seconds']} s; single TTFT {s.get('median_ttft_ms')} ms "
-              f"TPOT {s.get('median_tpot_ms')} ms")
+        print(f"{r['label']} ({r['config']}): startup {r['startup_seconds']} s; "
+              f"single TTFT {s.get('median_ttft_ms')} ms, TPOT {s.get('median_tpot_ms')} ms")
         for point in r["sweep"].get("points", r["sweep"].get("results", [])):
             summ = point.get("summary", point)
             print("   ", {k: summ.get(k) for k in ("request_rate", "median_ttft_ms", "p90_ttft_ms", "median_tpot_ms",

@@ -22,9 +22,13 @@ from pathlib import Path
 
 import torch
 
-from semipd.engine.kernels.paged_batch import make_paged_batch
-from semipd.engine.kernels.triton_decode_attention import DecodeConfig, decode_attention_triton, num_decode_splits
-from semipd.engine.kernels.triton_prefill_attention import (
+from semipd.engine.runtime.kernels.paged_batch import make_paged_batch
+from semipd.engine.runtime.kernels.triton_decode_attention import (
+    DecodeConfig,
+    decode_attention_triton,
+    num_decode_splits,
+)
+from semipd.engine.runtime.kernels.triton_prefill_attention import (
     PrefillConfig,
     auto_prefill_config,
     prefill_attention_triton,

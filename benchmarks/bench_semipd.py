@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from semipd.engine import Engine, EngineConfig, SamplingParams
-from semipd.engine.semipd_config import SemiPDConfig
-from semipd.engine.semipd_engine import SemiPDEngine
-from semipd.engine.semipd_probe import interference
+from semipd.engine.semi_pd.config import SemiPDConfig
+from semipd.engine.semi_pd.engine import SemiPDEngine
+from semipd.engine.semi_pd.probe import interference
 from semipd.workload import WorkloadRequest, load_azure_trace, poisson_arrivals
 
 ROOT = Path(__file__).resolve().parents[1]

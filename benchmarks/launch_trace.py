@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any
 
-from semipd.engine.semipd_engine import SemiPDEngine
+from semipd.engine.semi_pd.engine import SemiPDEngine
 
 LONG_S = 0.005
 """A stretch longer than this is recorded."""

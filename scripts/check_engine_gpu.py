@@ -38,9 +38,9 @@ from types import SimpleNamespace
 import torch
 
 from semipd.engine import LLM, AsyncEngine, SamplingParams
-from semipd.engine.kv_cache import KVCache, KVCacheSpec
-from semipd.engine.loader import load_model
-from semipd.engine.model_runner import ModelRunner
+from semipd.engine.models.loader import load_model
+from semipd.engine.runtime.kv_cache import KVCache, KVCacheSpec
+from semipd.engine.runtime.model_runner import ModelRunner
 from semipd.sched.batch import Batch, PrefillChunk
 from semipd.sched.request import Request
 

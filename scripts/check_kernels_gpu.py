@@ -18,21 +18,21 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from semipd.engine.attention import get_backend
-from semipd.engine.attention.torch_ref import paged_decode_attention_torch, paged_prefill_attention_torch
-from semipd.engine.kernels import (
+from semipd.engine.runtime.attention import get_backend
+from semipd.engine.runtime.attention.torch_ref import paged_decode_attention_torch, paged_prefill_attention_torch
+from semipd.engine.runtime.kernels import (
     apply_rope_torch,
     build_rope_cache,
     rms_norm_torch,
     silu_and_mul_torch,
     store_kvcache_torch,
 )
-from semipd.engine.kernels.paged_batch import PagedBatch, make_paged_batch
-from semipd.engine.kernels.triton_activation import silu_and_mul_triton
-from semipd.engine.kernels.triton_decode_attention import decode_attention_triton
-from semipd.engine.kernels.triton_kvcache import store_kvcache_triton
-from semipd.engine.kernels.triton_norm import rms_norm_triton
-from semipd.engine.kernels.triton_rope import apply_rope_triton
+from semipd.engine.runtime.kernels.paged_batch import PagedBatch, make_paged_batch
+from semipd.engine.runtime.kernels.triton_activation import silu_and_mul_triton
+from semipd.engine.runtime.kernels.triton_decode_attention import decode_attention_triton
+from semipd.engine.runtime.kernels.triton_kvcache import store_kvcache_triton
+from semipd.engine.runtime.kernels.triton_norm import rms_norm_triton
+from semipd.engine.runtime.kernels.triton_rope import apply_rope_triton
 
 MAX_REL_TOL = 2e-2
 """max|out - ref| / max|ref|: a few bf16 ulps (2^-8 each) of the largest value."""

@@ -11,7 +11,7 @@
    (``max(2 x unified max margin, MARGIN_FLOOR)``), far below a random token's median margin.
 2. SM scaling. For every partition: a 2048-token prefill iteration on the prefill side and a
    decode step (batch 64, context 1024) on the decode side, through the engine's runners and
-   graphs (`semipd.engine.semipd_probe`), with the unified engine on the whole GPU as reference.
+   graphs (`semipd.engine.semi_pd.probe`), with the unified engine on the whole GPU as reference.
 
     python scripts/check_semipd_gpu.py [--json out.json] [--requests 48] [--quick]
 """
@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from semipd.engine import LLM, EngineConfig, SamplingParams
-from semipd.engine.semipd_config import SemiPDConfig
-from semipd.engine.semipd_engine import SemiPDEngine
-from semipd.engine.semipd_probe import sm_scaling_table, synthetic_batches
+from semipd.engine.semi_pd.config import SemiPDConfig
+from semipd.engine.semi_pd.engine import SemiPDEngine
+from semipd.engine.semi_pd.probe import sm_scaling_table, synthetic_batches
 from semipd.partition.green import green_contexts_unavailable_reason
 from semipd.sched import Batch, PrefillChunk, Request
 

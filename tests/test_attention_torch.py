@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semipd.engine.attention import AttentionBackend, get_backend
-from semipd.engine.attention.torch_ref import paged_decode_attention_torch, paged_prefill_attention_torch
-from semipd.engine.kernels.paged_batch import PagedBatch, make_paged_batch
+from semipd.engine.runtime.attention import AttentionBackend, get_backend
+from semipd.engine.runtime.attention.torch_ref import paged_decode_attention_torch, paged_prefill_attention_torch
+from semipd.engine.runtime.kernels.paged_batch import PagedBatch, make_paged_batch
 
 
 def _dense_oracle(batch: PagedBatch, scale: float) -> torch.Tensor:
@@ -70,7 +70,7 @@ def test_decode_of_an_empty_sequence_is_zero() -> None:
 
 
 def test_long_prefill_in_query_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import semipd.engine.attention.torch_ref as torch_ref
+    import semipd.engine.runtime.attention.torch_ref as torch_ref
 
     batch = make_paged_batch([70, 40], [50, 40], 4, 2, 16, block_size=16, seed=4)
     meta = batch.metadata()

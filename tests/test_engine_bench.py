@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from semipd.engine.config import ModelConfig
-from semipd.engine.presets import get_preset
+from semipd.engine.models.config import ModelConfig
+from semipd.engine.models.presets import get_preset
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_engine.py"
 _spec = importlib.util.spec_from_file_location("bench_engine", _PATH)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semipd.engine.engine import resolve_device
+from semipd.engine.common import resolve_device
 
 
 def test_cuda_devices_get_an_index(monkeypatch: pytest.MonkeyPatch) -> None:

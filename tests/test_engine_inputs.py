@@ -9,13 +9,13 @@ import pytest
 import torch
 from test_model_helpers import Blocks, hf_model, make_request, random_prompt, save_hf
 
-from semipd.engine.batch_inputs import RequestRows, build_host_batch, padded_token_buckets, padded_token_count
-from semipd.engine.cuda_graphs import GraphRunner
-from semipd.engine.kv_cache import KVCache, KVCacheSpec
-from semipd.engine.loader import load_model
-from semipd.engine.model_runner import ModelRunner
+from semipd.engine.models.loader import load_model
+from semipd.engine.runtime.batch_inputs import RequestRows, build_host_batch, padded_token_buckets, padded_token_count
+from semipd.engine.runtime.cuda_graphs import GraphRunner
+from semipd.engine.runtime.kv_cache import KVCache, KVCacheSpec
+from semipd.engine.runtime.model_runner import ModelRunner
+from semipd.engine.runtime.staging import Staging, packed_layout
 from semipd.engine.sampling_params import SamplingParams
-from semipd.engine.staging import Staging, packed_layout
 from semipd.sched.batch import Batch, PrefillChunk
 
 BS = 4
@@ -53,7 +53,7 @@ def test_rows_follow_growth_replacement_and_reuse() -> None:
 
 
 def _reference(batch: Batch) -> dict[str, list]:
-    """The layout of `semipd.engine.batch_inputs`, built token by token."""
+    """The layout of `semipd.engine.runtime.batch_inputs`, built token by token."""
     ids, pos, slots, seq_lens, cu, rows = [], [], [], [], [0], []
     spans = [(c.request, c.start, c.end, c.is_last) for c in batch.prefills]
     spans += [(r, r.num_tokens - 1, r.num_tokens, True) for r in batch.decodes]
@@ -204,7 +204,7 @@ def test_graph_warm_up_reads_only_reset_inputs(model) -> None:
 
 
 def test_skinny_plan_without_tuning_is_f_linear() -> None:
-    from semipd.engine.kernels.skinny_linear import SkinnyLinearPlan, row_bucket
+    from semipd.engine.runtime.kernels.skinny_linear import SkinnyLinearPlan, row_bucket
 
     assert [row_bucket(r) for r in (1, 2, 3, 5, 8, 9, 16)] == [1, 2, 4, 8, 8, 16, 16]
     with pytest.raises(ValueError):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from semipd.engine.kernels import (
+from semipd.engine.runtime.kernels import (
     apply_rope,
     apply_rope_torch,
     build_rope_cache,

@@ -57,8 +57,8 @@ def _close(out: torch.Tensor, ref: torch.Tensor, reduction: int = 1) -> None:
 
 @case
 def rms_norm() -> None:
-    from semipd.engine.kernels import rms_norm_torch
-    from semipd.engine.kernels.triton_norm import rms_norm_triton
+    from semipd.engine.runtime.kernels import rms_norm_torch
+    from semipd.engine.runtime.kernels.triton_norm import rms_norm_triton
 
     for dtype in (torch.float32, torch.float16):
         for shape in ((1, 40), (5, 128), (3, 4, 16)):
@@ -76,8 +76,8 @@ def rms_norm() -> None:
 
 @case
 def silu_and_mul() -> None:
-    from semipd.engine.kernels import silu_and_mul_torch
-    from semipd.engine.kernels.triton_activation import silu_and_mul_triton
+    from semipd.engine.runtime.kernels import silu_and_mul_torch
+    from semipd.engine.runtime.kernels.triton_activation import silu_and_mul_triton
 
     for x in (torch.randn(5, 26).half(), torch.randn(1, 128), torch.randn(2, 3, 34), torch.randn(3, 2 * 1500)):
         _close(silu_and_mul_triton(x), silu_and_mul_torch(x))
@@ -85,8 +85,8 @@ def silu_and_mul() -> None:
 
 @case
 def rope_in_place_on_fused_views() -> None:
-    from semipd.engine.kernels import apply_rope_torch, build_rope_cache
-    from semipd.engine.kernels.triton_rope import apply_rope_triton
+    from semipd.engine.runtime.kernels import apply_rope_torch, build_rope_cache
+    from semipd.engine.runtime.kernels.triton_rope import apply_rope_triton
 
     scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 32}  # fmt: skip
@@ -111,8 +111,8 @@ def rope_in_place_on_fused_views() -> None:
 
 @case
 def store_kvcache() -> None:
-    from semipd.engine.kernels import store_kvcache_torch
-    from semipd.engine.kernels.triton_kvcache import store_kvcache_triton
+    from semipd.engine.runtime.kernels import store_kvcache_torch
+    from semipd.engine.runtime.kernels.triton_kvcache import store_kvcache_triton
 
     for slots in ([5, -1, 0, 15, 9], [-1, -1, -1, -1, -1], [31, 30, 2, 1, 16]):
         qkv = torch.randn(5, 4 * 24).half()
@@ -127,9 +127,9 @@ def store_kvcache() -> None:
 
 
 def _prefill_check(seq_lens, q_lens, heads, head_dim, block, dtype=torch.float32, config=None, seed=0) -> None:
-    from semipd.engine.attention.torch_ref import paged_prefill_attention_torch
-    from semipd.engine.kernels.paged_batch import make_paged_batch
-    from semipd.engine.kernels.triton_prefill_attention import prefill_attention_triton
+    from semipd.engine.runtime.attention.torch_ref import paged_prefill_attention_torch
+    from semipd.engine.runtime.kernels.paged_batch import make_paged_batch
+    from semipd.engine.runtime.kernels.triton_prefill_attention import prefill_attention_triton
 
     b = make_paged_batch(seq_lens, q_lens, heads[0], heads[1], head_dim, block, dtype, seed=seed)
     flat_k, flat_v = b.k_cache.view(-1, heads[1], head_dim), b.v_cache.view(-1, heads[1], head_dim)
@@ -156,16 +156,16 @@ def prefill_block_boundaries_gqa4() -> None:
 
 @case
 def prefill_many_tiles_uneven_head_dim() -> None:
-    from semipd.engine.kernels.triton_prefill_attention import PrefillConfig
+    from semipd.engine.runtime.kernels.triton_prefill_attention import PrefillConfig
 
     # 16-row tiles: several query tiles per sequence and long unmasked phases; head_dim 24 pads to 32.
     _prefill_check([70, 45], [50, 45], (4, 1), 24, 8, config=PrefillConfig(block_m=16, block_n=16, num_warps=4))
 
 
 def _decode_check(seq_lens, heads, head_dim, block, splits, dtype=torch.float32, bound_pad=0) -> None:
-    from semipd.engine.attention.torch_ref import paged_decode_attention_torch
-    from semipd.engine.kernels.paged_batch import make_paged_batch
-    from semipd.engine.kernels.triton_decode_attention import decode_attention_triton
+    from semipd.engine.runtime.attention.torch_ref import paged_decode_attention_torch
+    from semipd.engine.runtime.kernels.paged_batch import make_paged_batch
+    from semipd.engine.runtime.kernels.triton_decode_attention import decode_attention_triton
 
     b = make_paged_batch(seq_lens, [0] * len(seq_lens), heads[0], heads[1], head_dim, block, dtype, seed=5)
     q = torch.randn(len(seq_lens), heads[0], head_dim).to(dtype)
@@ -195,8 +195,8 @@ def decode_auto_splits_gqa4_loose_bound() -> None:
 
 @case
 def backends_agree_end_to_end() -> None:
-    from semipd.engine.attention import get_backend
-    from semipd.engine.kernels.paged_batch import make_paged_batch
+    from semipd.engine.runtime.attention import get_backend
+    from semipd.engine.runtime.kernels.paged_batch import make_paged_batch
 
     for seq_lens, q_lens in (([20, 9, 33], [20, 1, 4]), ([40, 1, 17], [1, 1, 1])):
         batches = [make_paged_batch(seq_lens, q_lens, 4, 2, 16, 8, seed=7) for _ in range(2)]
@@ -212,8 +212,8 @@ def backends_agree_end_to_end() -> None:
 
 @case
 def sampling_matches_reference() -> None:
-    from semipd.engine.kernels.triton_sampling import sample_tokens_triton
-    from semipd.engine.sampler import sample_tokens_torch
+    from semipd.engine.runtime.kernels.triton_sampling import sample_tokens_triton
+    from semipd.engine.runtime.sampler import sample_tokens_torch
 
     for dtype, (rows, vocab) in ((torch.float32, (6, 50)), (torch.bfloat16, (5, 9000)), (torch.float32, (3, 4096))):
         logits = (torch.randn(rows, vocab) * 3).to(dtype)
@@ -230,7 +230,7 @@ def sampling_matches_reference() -> None:
 
 @case
 def sampling_tiny_temperature_is_greedy() -> None:
-    from semipd.engine.kernels.triton_sampling import sample_tokens_triton
+    from semipd.engine.runtime.kernels.triton_sampling import sample_tokens_triton
 
     logits = torch.randn(6, 5000) * 30  # logits / 1e-40 overflow to +inf: ties would pick the first positive one
     seeds, steps = torch.arange(6), torch.zeros(6, dtype=torch.int64)
@@ -241,8 +241,8 @@ def sampling_tiny_temperature_is_greedy() -> None:
 
 @case
 def rope_and_store_matches_the_unfused_ops() -> None:
-    from semipd.engine.kernels import apply_rope_torch, build_rope_cache, store_kvcache_torch
-    from semipd.engine.kernels.triton_rope_store import rope_and_store_kvcache_triton
+    from semipd.engine.runtime.kernels import apply_rope_torch, build_rope_cache, store_kvcache_torch
+    from semipd.engine.runtime.kernels.triton_rope_store import rope_and_store_kvcache_triton
 
     for dtype, head_dim, (hq, hkv) in ((torch.float32, 32, (4, 2)), (torch.float16, 24, (6, 3))):
         cache = build_rope_cache(head_dim, 64, 10000.0)
@@ -263,8 +263,8 @@ def rope_and_store_matches_the_unfused_ops() -> None:
 
 @case
 def mixed_batch_splits_prefill_and_decode_kernels() -> None:
-    from semipd.engine.attention import get_backend
-    from semipd.engine.kernels.paged_batch import make_paged_batch
+    from semipd.engine.runtime.attention import get_backend
+    from semipd.engine.runtime.kernels.paged_batch import make_paged_batch
 
     for seq_lens, q_lens in (([20, 9, 33, 50, 7], [20, 4, 1, 1, 1]), ([40, 17], [3, 1])):
         b = make_paged_batch(seq_lens, q_lens, 8, 2, 16, 8, seed=3)
@@ -277,7 +277,7 @@ def mixed_batch_splits_prefill_and_decode_kernels() -> None:
 
 @case
 def skinny_matmul_tiles() -> None:
-    from semipd.engine.kernels.triton_gemv import CANDIDATES, GemvConfig, gemv_triton
+    from semipd.engine.runtime.kernels.triton_gemv import CANDIDATES, GemvConfig, gemv_triton
 
     for rows, n, k in ((1, 100, 300), (3, 64, 512), (16, 33, 257)):
         x, w, b = torch.randn(rows, k), torch.randn(n, k), torch.randn(n)
@@ -297,9 +297,9 @@ def skinny_matmul_tiles() -> None:
 
 @case
 def split_policy_and_configs() -> None:
-    from semipd.engine.kernels.triton_decode_attention import DecodeConfig, num_decode_splits
-    from semipd.engine.kernels.triton_gemv import GemvConfig
-    from semipd.engine.kernels.triton_prefill_attention import PrefillConfig, default_prefill_config
+    from semipd.engine.runtime.kernels.triton_decode_attention import DecodeConfig, num_decode_splits
+    from semipd.engine.runtime.kernels.triton_gemv import GemvConfig
+    from semipd.engine.runtime.kernels.triton_prefill_attention import PrefillConfig, default_prefill_config
 
     assert num_decode_splits(1, 8, 8192, 132) == 32
     assert num_decode_splits(64, 8, 1024, 132) == 1

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_model_helpers import hf_model, save_hf
 
-from semipd.engine.config import KNOWN_ARCHITECTURES, ModelConfig
-from semipd.engine.loader import load_model, resolve_dtype
-from semipd.engine.presets import get_preset, preset_names
+from semipd.engine.models.config import KNOWN_ARCHITECTURES, ModelConfig
+from semipd.engine.models.loader import load_model, resolve_dtype
+from semipd.engine.models.presets import get_preset, preset_names
 
 
 @pytest.fixture(scope="module")

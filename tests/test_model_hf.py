@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_model_helpers import Blocks, hf_model, make_request, random_prompt, save_hf
 
-from semipd.engine.kv_cache import KVCache, KVCacheSpec
-from semipd.engine.loader import load_model
-from semipd.engine.model_runner import ModelRunner
+from semipd.engine.models.loader import load_model
+from semipd.engine.runtime.kv_cache import KVCache, KVCacheSpec
+from semipd.engine.runtime.model_runner import ModelRunner
 from semipd.sched.batch import Batch, PrefillChunk
 from semipd.sched.request import Request
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from semipd.engine.core.messages import TokenDelta
 from semipd.engine.output_processor import OutputProcessor
+from semipd.engine.runtime.sequence import Sequence
 from semipd.engine.sampling_params import SamplingParams
-from semipd.engine.sequence import Sequence
 from semipd.engine.tokenizer import ByteTokenizer
 from semipd.sched.request import Request, RequestState
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semipd.engine.sampler import (
+from semipd.engine.runtime.sampler import (
     Sampler,
     SamplingTensors,
     apply_top_k_top_p,

@@ -15,8 +15,8 @@ import pytest
 from test_model_helpers import random_prompt
 
 from semipd.engine import LLM, EngineConfig, SamplingParams, StepError
-from semipd.engine.semipd_config import SemiPDConfig
-from semipd.engine.semipd_engine import SemiPDEngine
+from semipd.engine.semi_pd.config import SemiPDConfig
+from semipd.engine.semi_pd.engine import SemiPDEngine
 from semipd.metrics import SemiPDPrometheusExporter
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
@@ -316,7 +316,7 @@ def test_config_validation() -> None:
 def test_semipd_flags_reach_the_config() -> None:
     import argparse
 
-    from semipd.engine.semipd_config import add_semipd_arguments, semipd_config_from_args
+    from semipd.engine.semi_pd.config import add_semipd_arguments, semipd_config_from_args
 
     parser = argparse.ArgumentParser()
     add_semipd_arguments(parser)
@@ -334,7 +334,7 @@ def test_semipd_flags_reach_the_config() -> None:
 
 def test_reachable_splits() -> None:
     from semipd.allocation import SMGrid
-    from semipd.engine.semipd_setup import CPU_GRID, reachable_splits
+    from semipd.engine.semi_pd.startup import CPU_GRID, reachable_splits
 
     h100 = SMGrid(132, 8, 8)
     assert reachable_splits(h100, SemiPDConfig()) == [32, 40, 48, 56, 64, 72, 80, 88, 96, 104]
@@ -348,7 +348,7 @@ def test_reachable_splits() -> None:
 
 
 def test_probes_run_on_the_engine_path(engine: SemiPDEngine) -> None:
-    from semipd.engine.semipd_probe import interference, sm_scaling_table
+    from semipd.engine.semi_pd.probe import interference, sm_scaling_table
 
     rows = sm_scaling_table(engine, prefill_tokens=32, decode_batch=4, context=40, prefill_reps=1, decode_reps=2)
     assert [r["prefill_sms"] for r in rows] == engine.partitions.reachable_prefill_sms
@@ -439,7 +439,7 @@ def test_llm_cli_and_server_client_reach_semipd(capsys: pytest.CaptureFixture[st
 
 
 def test_decode_borrows_the_whole_device_only_while_prefill_is_idle(engine: SemiPDEngine) -> None:
-    from semipd.engine.decode_worker import WholeDeviceBorrow
+    from semipd.engine.semi_pd.decode_worker import WholeDeviceBorrow
 
     worker = engine.decode_worker
     keys: list[tuple[object, bool]] = []  # (graph key, prefill had work at the decision)
@@ -475,7 +475,7 @@ def test_decode_borrows_the_whole_device_only_while_prefill_is_idle(engine: Semi
 
 
 def test_prefill_warm_up_runs_every_partition_and_returns_its_blocks(engine: SemiPDEngine) -> None:
-    from semipd.engine.semipd_setup import warm_prefill_streams
+    from semipd.engine.semi_pd.startup import warm_prefill_streams
 
     worker = engine.prefill_worker
     calls = []

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from semipd.engine import Engine, EngineConfig
-from semipd.engine.semipd_config import SemiPDConfig
-from semipd.engine.semipd_engine import SemiPDEngine
+from semipd.engine.semi_pd.config import SemiPDConfig
+from semipd.engine.semi_pd.engine import SemiPDEngine
 from semipd.workload import WorkloadRequest
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_semipd.py"

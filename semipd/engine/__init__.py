@@ -15,16 +15,16 @@ _EXPORTS: dict[str, str] = {
     "EngineConfig": "semipd.engine.engine_config",
     "MODES": "semipd.engine.engine_config",
     "Engine": "semipd.engine.engine",
-    "create_engine": "semipd.engine.engine",
-    "SemiPDEngine": "semipd.engine.semipd_engine",
-    "SemiPDConfig": "semipd.engine.semipd_config",
+    "create_engine": "semipd.engine.factory",
+    "SemiPDEngine": "semipd.engine.semi_pd.engine",
+    "SemiPDConfig": "semipd.engine.semi_pd.config",
     "StepError": "semipd.engine.errors",
     "AsyncEngine": "semipd.engine.async_engine",
     "QueueFullError": "semipd.engine.async_engine",
     "RequestFailedError": "semipd.engine.async_engine",
     "LLM": "semipd.engine.llm",
-    "ModelConfig": "semipd.engine.config",
-    "preset_names": "semipd.engine.presets",
+    "ModelConfig": "semipd.engine.models.config",
+    "preset_names": "semipd.engine.models.presets",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from semipd.engine.engine_config import DEVICES, MODES
-from semipd.engine.presets import is_preset
-from semipd.engine.semipd_config import add_semipd_arguments, semipd_config_from_args
+from semipd.engine.models.presets import is_preset
+from semipd.engine.semi_pd.config import add_semipd_arguments, semipd_config_from_args
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from semipd.engine.semipd_config import SemiPDConfig
+from semipd.engine.semi_pd.config import SemiPDConfig
 
 MODES = ("unified", "semi-pd")
 """Execution modes: ``"unified"`` (mixed chunked-prefill batches on the whole device) and
-``"semi-pd"`` (prefill and decode workers on SM partitions; see `semipd.engine.semipd_engine`)."""
+``"semi-pd"`` (prefill and decode workers on SM partitions; see `semipd.engine.semi_pd.engine`)."""
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -11,8 +11,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from semipd.engine.engine import create_engine
 from semipd.engine.engine_config import EngineConfig
+from semipd.engine.factory import create_engine
 from semipd.engine.output_processor import OutputProcessor
 from semipd.engine.sampling_params import CompletionOutput, RequestOutput, SamplingParams
 

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from semipd.engine.semipd_config import add_semipd_arguments, semipd_config_from_args
+from semipd.engine.semi_pd.config import add_semipd_arguments, semipd_config_from_args
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 CORE_DEATH_GRACE_S = 1.0
@@ -96,9 +96,9 @@ def run(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM (exit 0), or until the engine core dies (exit 1)."""
     import uvicorn
 
-    from semipd.engine.config import resolve_model_config
     from semipd.engine.core.client import EngineCoreClient
     from semipd.engine.engine_config import EngineConfig
+    from semipd.engine.models.config import resolve_model_config
     from semipd.engine.tokenizer import tokenizer_dir
     from semipd.server.app import create_app
 

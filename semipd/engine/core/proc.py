@@ -248,7 +248,7 @@ def run_engine_core(config: EngineConfig, input_address: str, output_address: st
                      daemon=True).start()
     engine = None
     try:
-        from semipd.engine.engine import create_engine
+        from semipd.engine.factory import create_engine
 
         engine = create_engine(config, delivery=False)
         core = EngineCore(engine, inputs, outputs, status_interval_s)

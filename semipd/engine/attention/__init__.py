@@ -1,5 +1,0 @@
-"""Attention backends over the paged KV cache: "torch" (reference) and "triton"."""
-
-from semipd.engine.attention.base import AttentionBackend, AttentionMetadata, get_backend, register_backend
-
-__all__ = ["AttentionBackend", "AttentionMetadata", "get_backend", "register_backend"]
