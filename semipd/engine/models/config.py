@@ -3,8 +3,8 @@
 The architectures and their model classes are listed in `registry`; one decoder implementation
 (`semipd.engine.models.llama`) covers every one so far through three flags: ``qkv_bias`` /
 ``o_bias`` (Qwen2 has biases on q, k and v), ``qk_norm`` (Qwen3 normalises q and k per head
-before RoPE). Both the transformers 4 layout (``rope_theta`` + ``rope_scaling``, ``torch_dtype``) and the transformers 5 layout
-(``rope_parameters``, ``dtype``) are read.
+before RoPE). Both the transformers 4 layout (``rope_theta`` + ``rope_scaling``,
+``torch_dtype``) and the transformers 5 layout (``rope_parameters``, ``dtype``) are read.
 """
 
 from __future__ import annotations
