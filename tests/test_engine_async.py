@@ -120,16 +120,16 @@ def test_queue_limit_and_invalid_requests(engine: Engine) -> None:
 
 def test_failing_step_fails_its_requests_and_the_thread_survives(aengine: AsyncEngine, engine: Engine,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    real_run = engine.runner.run
+    real_launch = engine.runner.launch
     calls = {"n": 0}
 
-    def flaky(batch):
+    def flaky(batch, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("injected failure")
-        return real_run(batch)
+        return real_launch(batch, *args, **kwargs)
 
-    monkeypatch.setattr(engine.runner, "run", flaky)
+    monkeypatch.setattr(engine.runner, "launch", flaky)
 
     async def main():
         with pytest.raises(RequestFailedError, match="injected failure"):

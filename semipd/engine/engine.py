@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any
+from typing import Any, NoReturn
 
 from semipd.clock import Clock
 from semipd.engine.common import allocate_kv_cache, build_request, check_request, load_engine_model, resolve_device
@@ -25,12 +25,13 @@ from semipd.engine.core.messages import TokenDelta
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.errors import StepError
 from semipd.engine.runtime.cuda_graphs import GraphRunner
-from semipd.engine.runtime.model_runner import ModelRunner
+from semipd.engine.runtime.model_runner import ModelRunner, PendingTokens
 from semipd.engine.sampling_params import SamplingParams
 from semipd.metrics import SemiPDMetricsCollector
 from semipd.metrics.recorder import LifecycleRecorder
 from semipd.sched import BlockAllocator, Request, UnifiedScheduler, UnifiedSchedulerConfig
 from semipd.sched.batch import Batch
+from semipd.sched.unified import AdvancedBatch
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,10 @@ class Engine:
         self._seeds = random.Random(config.seed)
         self.num_steps = 0
         self._finished_preemptions = 0
+        self._in_flight: tuple[AdvancedBatch, PendingTokens] | None = None
+        """The launched step whose tokens are not read yet (async scheduling)."""
+        self._carried: list[TokenDelta] = []
+        """Deltas read before a failed step raised, returned by the next call."""
 
     # -- requests -------------------------------------------------------------------------
     def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -96,6 +101,8 @@ class Engine:
         self.recorder.aborted(rid)
 
     def has_unfinished(self) -> bool:
+        """Live requests (a finished one stays live until its last token is read). A launched step whose
+        requests were all aborted needs no more calls: the next one reads and drops its tokens."""
         return bool(self._requests)
 
     @property
@@ -111,33 +118,79 @@ class Engine:
     def step(self) -> list[TokenDelta]:
         """Run one iteration; returns a delta for every request that got a token.
 
-        If the iteration fails, the requests of its batch are aborted (blocks freed) and
-        `StepError` naming them is raised; other requests carry on at the next step."""
+        With ``async_scheduling`` (the default) an iteration schedules and launches step N+1, then
+        reads step N's tokens and returns their deltas (see `UnifiedScheduler.advance`): the host
+        prepares the next step while the device runs the last one. If a step fails, the requests of
+        its batch are aborted (blocks freed) and `StepError` naming them is raised; other requests
+        carry on at the next call, and no delta is lost."""
+        if not self.config.async_scheduling:
+            return self._step_sync()
+        deltas, self._carried = self._carried, []
+        batch = self.scheduler.schedule()
+        pending: PendingTokens | None = None
+        failure: tuple[Batch, Exception] | None = None
+        if not batch.is_empty:
+            self._start(batch)
+            try:
+                pending = self.runner.launch(batch, previous=self._in_flight[1] if self._in_flight else None)
+            except Exception as exc:
+                failure = (batch, exc)
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            advanced, tokens = in_flight
+            try:
+                got = self.scheduler.resolve(advanced, tokens.wait())
+            except Exception as exc:
+                if pending is not None:  # the next batch reads this one's tokens: it cannot stand alone
+                    self._in_flight = (self.scheduler.advance(batch), pending)
+                self._carried = deltas
+                self._raise_failed(advanced.batch, exc)
+            deltas += self._emit(got)
+        if failure is not None:
+            self._carried = deltas
+            self._raise_failed(*failure)
+        if pending is not None:
+            self._in_flight = (self.scheduler.advance(batch), pending)
+        return deltas
+
+    def _step_sync(self) -> list[TokenDelta]:
+        """One step at a time: schedule, run and wait, update."""
         batch = self.scheduler.schedule()
         if batch.is_empty:
             return []
-        self.num_steps += 1
-        recorder = self.recorder
-        t0 = self._clock.now()
-        recorder.prefill_started((chunk.request for chunk in batch.prefills), t0)
-        recorder.decode_started(batch.decodes, t0)
+        self._start(batch)
         try:
             tokens = self.runner.run(batch)
-            finished = self.scheduler.update(batch, tokens)
+            self.scheduler.update(batch, tokens)
         except Exception as exc:
-            rids = self._fail_batch(batch)
-            raise StepError(rids, f"step {self.num_steps} failed ({type(exc).__name__}: {exc}); "
-                                  f"aborted {len(rids)} requests") from exc
-        t1 = self._clock.now()
-        sampled = [req for req in batch.sampled_requests() if req.rid in self._requests]  # not aborted meanwhile
-        outputs = [req.payload.take_delta(req) for req in sampled]
-        recorder.sampled(sampled, t1)
-        for req in finished:
-            if self._requests.pop(req.rid, None) is not None:
+            self._raise_failed(batch, exc)
+        return self._emit(batch.sampled_requests())
+
+    def _start(self, batch: Batch) -> None:
+        self.num_steps += 1
+        t = self._clock.now()
+        self.recorder.prefill_started((chunk.request for chunk in batch.prefills), t)
+        self.recorder.decode_started(batch.decodes, t)
+
+    def _emit(self, sampled: list[Request]) -> list[TokenDelta]:
+        """Deltas and lifecycle events of the requests that just got a token (aborted ones are skipped);
+        finished ones leave the engine."""
+        t = self._clock.now()
+        live = [req for req in sampled if req.rid in self._requests]
+        deltas = [req.payload.take_delta(req) for req in live]
+        self.recorder.sampled(live, t)
+        for req in live:
+            if req.is_finished:
+                del self._requests[req.rid]
                 self._finished_preemptions += req.num_preemptions
         self.metrics_collector.record_system_metrics(self.scheduler.num_running, self.scheduler.num_waiting,
-                                        self.allocator.usage, timestamp=t1)
-        return outputs
+                                                     self.allocator.usage, timestamp=t)
+        return deltas
+
+    def _raise_failed(self, batch: Batch, exc: Exception) -> NoReturn:
+        rids = self._fail_batch(batch)
+        raise StepError(rids, f"step {self.num_steps} failed ({type(exc).__name__}: {exc}); "
+                              f"aborted {len(rids)} requests") from exc
 
     def _fail_batch(self, batch: Batch) -> list[str]:
         rids = list(dict.fromkeys([c.request.rid for c in batch.prefills] + [r.rid for r in batch.decodes]))

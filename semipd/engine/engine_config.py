@@ -45,6 +45,9 @@ class EngineConfig:
     """Longest prompt + output; None: the model's max_position_embeddings."""
     enforce_eager: bool = False
     """Skip CUDA graphs (decode runs eagerly)."""
+    async_scheduling: bool = True
+    """Overlap the host work of a step with the device work of the one before: schedule and launch
+    step N+1 before reading step N's tokens (unified mode). Off: one step at a time."""
     attention_backend: str | None = None
     """``"triton"`` or ``"torch"``; None: triton on CUDA, torch on CPU."""
     tokenizer: str | None = None
@@ -80,6 +83,9 @@ class EngineConfig:
             raise ValueError(f"metrics_window_seconds must be > 0, got {self.metrics_window_seconds!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        for name in ("enforce_eager", "async_scheduling"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.semipd is not None:
             if not isinstance(self.semipd, SemiPDConfig):
                 raise ValueError(f"semipd must be None or a SemiPDConfig, got {type(self.semipd).__name__}")

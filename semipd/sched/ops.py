@@ -65,8 +65,9 @@ def finish(request: Request, reason: str, allocator: BlockAllocator) -> None:
 
 
 def preempt(request: Request, allocator: BlockAllocator) -> None:
-    """Recompute preemption: free the KV, forget what was computed, state PREEMPTED."""
+    """Recompute preemption: free the KV, forget what was computed and any pending token, state PREEMPTED."""
     allocator.free(request)
+    request.drop_pending_tokens()
     request.num_computed_tokens = 0
     request.num_preemptions += 1
     request.transition(RequestState.PREEMPTED)

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+PENDING_TOKEN = -1
+"""Stands in ``output_token_ids`` for a token whose step is launched but not read back yet
+(overlapped scheduling: `UnifiedScheduler.advance`); `UnifiedScheduler.resolve` fills it in."""
+
 
 class RequestState(Enum):
     WAITING_PREFILL = "waiting_prefill"
@@ -122,6 +126,13 @@ class Request:
         if token_id is not None:
             self.output_token_ids.append(token_id)
         return n + 1 >= self.max_tokens
+
+    def drop_pending_tokens(self) -> None:
+        """Forget tokens still pending at the end of the output (a preemption recomputes them)."""
+        ids = self.output_token_ids
+        while ids and ids[-1] == PENDING_TOKEN:
+            ids.pop()
+            self.num_output_tokens -= 1
 
     @property
     def last_token_id(self) -> int:

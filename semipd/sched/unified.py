@@ -9,6 +9,21 @@ One queue, the whole GPU, mixed batches with chunked prefill, as vLLM v1 schedul
 3. waiting requests are admitted in FCFS order while the budget, ``max_num_seqs`` and
    the KV pool (leaving the watermark free) allow; the last one admitted may be chunked.
    The queue is never skipped. Preempted requests re-enter at the front.
+
+Overlapped scheduling: an executor that launches step N+1 before it reads step N's tokens
+calls `advance` right after each launch instead of `update`, and `resolve` once the tokens
+are back. `advance` counts every sampled request's token as ``PENDING_TOKEN`` (so the next
+`schedule` plans from the state after the batch) and finishes requests that reach
+``max_tokens``; `resolve` fills the tokens in and applies the stop checker, so a request that
+stops on a token may have been scheduled once more: that step's token is dropped::
+
+    schedule N+1 -> launch N+1 -> resolve N (tokens of N; stops) -> advance N+1 (pending tokens)
+                                  a request in N+1 that stops at N is skipped by advance N+1: the
+                                  token step N+1 computes for it is never read
+
+Blocks freed here (finish, abort, preemption) may still be read or written by the step in
+flight; that is safe only when every step runs on one CUDA stream (the next user of a block
+runs after it), which is how the unified engine runs.
 """
 
 from __future__ import annotations
@@ -16,15 +31,25 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from semipd.sched import ops
 from semipd.sched.base import StopChecker
 from semipd.sched.batch import Batch, PrefillChunk
 from semipd.sched.block_allocator import BlockAllocator
 from semipd.sched.config import UnifiedSchedulerConfig
-from semipd.sched.request import Request, RequestState
+from semipd.sched.request import PENDING_TOKEN, Request, RequestState
 
 _DECODE_READY = (RequestState.WAITING_DECODE, RequestState.DECODING)
+
+
+@dataclass
+class AdvancedBatch:
+    """A launched batch whose tokens are pending: each sampled request (in `Batch.sampled_requests`
+    order) with the index of its pending token in ``output_token_ids`` (-1: it got none)."""
+
+    batch: Batch
+    slots: list[tuple[Request, int]]
 
 
 class UnifiedScheduler:
@@ -148,6 +173,75 @@ class UnifiedScheduler:
             if finished:
                 self._running = [r for r in self._running if not r.is_finished]
         return finished
+
+    def advance(self, batch: Batch) -> AdvancedBatch:
+        """The executor launched `batch` and reads its tokens later: count each sampled request's token
+        as pending now; requests that reach ``max_tokens`` finish (blocks freed; their last token still
+        comes through `resolve`)."""
+        slots: list[tuple[Request, int]] = []
+        with self._lock:
+            added = 0
+            any_finished = False
+            for c in batch.prefills:
+                r = c.request
+                if r.state is not RequestState.PREFILLING:
+                    if c.is_last:
+                        slots.append((r, -1))
+                    continue
+                r.num_computed_tokens = c.end
+                if not c.is_last:
+                    continue
+                r.append_token(PENDING_TOKEN)
+                slots.append((r, len(r.output_token_ids) - 1))
+                if r.num_output_tokens >= r.max_tokens:
+                    ops.finish(r, "length", self.allocator)
+                    any_finished = True
+                else:
+                    r.transition(RequestState.WAITING_DECODE)
+            for r in batch.decodes:
+                if r.state is not RequestState.DECODING:
+                    slots.append((r, -1))
+                    continue
+                at_max = r.complete_decode_step(PENDING_TOKEN)
+                slots.append((r, len(r.output_token_ids) - 1))
+                added += 1
+                if at_max:
+                    ops.finish(r, "length", self.allocator)
+                    added -= r.num_tokens
+                    any_finished = True
+            self._running_tokens += added
+            if any_finished:
+                self._running = [r for r in self._running if not r.is_finished]
+        return AdvancedBatch(batch, slots)
+
+    def resolve(self, advanced: AdvancedBatch, tokens: Sequence[int]) -> list[Request]:
+        """The tokens of an advanced batch: fill in each pending token and run the stop checker. Returns
+        the requests that got their token here (in order); those that stopped on it are finished
+        (blocks freed). Requests aborted or preempted since are skipped. Call it before advancing the
+        next batch: a request that stops here and is in that batch then gets no pending token there."""
+        checker = self.stop_checker
+        got: list[Request] = []
+        with self._lock:
+            stopped = False
+            for (r, idx), token in zip(advanced.slots, tokens, strict=True):
+                ids = r.output_token_ids
+                if idx < 0 or r.state is RequestState.ABORTED or idx >= len(ids) or ids[idx] != PENDING_TOKEN:
+                    continue
+                ids[idx] = token
+                got.append(r)
+                reason = checker(r, token) if checker is not None else None
+                if reason is None:
+                    continue
+                if r.is_finished:  # finished by length at advance: the stop reason wins, as in `update`
+                    r.finish_reason = reason
+                    continue
+                if r.state is RequestState.DECODING:
+                    self._running_tokens -= r.num_tokens
+                ops.finish(r, reason, self.allocator)
+                stopped = True
+            if stopped:
+                self._running = [r for r in self._running if not r.is_finished]
+        return got
 
     def abort(self, rid: str) -> Request | None:
         """Remove `rid` from the queue or the running set, free its blocks, mark it ABORTED."""

@@ -174,10 +174,12 @@ class GraphRunner:
         return self._hidden[(key, bucket)], True
 
     @torch.inference_mode()
-    def decode(self, batch: HostBatch, key: Hashable = "default") -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def decode(self, batch: HostBatch, key: Hashable = "default",
+               feed: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """One decode step of a decode-only `batch`: (tokens [n] (greedy / temperature), logits [n, V],
         whether a captured graph ran). Tokens of rows that use top-k / top-p are to be resampled
-        from the logits."""
+        from the logits. `feed` = (rows, tokens): device tensors whose ``tokens[i]`` replaces the
+        input id of row ``rows[i]`` (sampled by the step before, still on the device)."""
         n = len(batch.sampled)
         bucket = self.bucket_for(n)
         width = batch.block_tables.shape[1]
@@ -196,6 +198,8 @@ class GraphRunner:
         self.staging.copy_to(self._staged, self._table_offset + bucket * width * 4)
         staged_table = self._staged[self._table_offset:self._table_offset + bucket * width * 4]
         self.block_tables[:bucket, :width].copy_(staged_table.view(torch.int32).view(bucket, width))
+        if feed is not None:
+            self.input_ids.index_copy_(0, feed[0], feed[1])
         _, replayed = self._launch(bucket, key)
         return self.tokens[:n], self.logits[:n], replayed
 

@@ -1,8 +1,12 @@
 """`ModelRunner`: turns a scheduler `Batch` into tensors, runs the model, samples.
 
 `launch` queues a batch on the current stream and returns `PendingTokens`; `wait()` reads the
-sampled ids back (one small copy into a reused pinned buffer, then an event wait), so a
-caller can tell the launching apart from the waiting. `run` does both.
+sampled ids back (one small copy into one of two pinned buffers, then an event wait), so a
+caller can tell the launching apart from the waiting. `run` does both. With overlapped
+scheduling the next batch is launched before the last one's tokens are read: its decodes
+whose last token is still ``PENDING_TOKEN`` take it from the previous `PendingTokens` on the
+device (``launch(..., previous=...)``), and the two read-back buffers alternate, so a
+`PendingTokens` stays readable until the launch after next.
 
 The host side (`semipd.engine.runtime.batch_inputs`) builds numpy arrays with one short Python loop
 over the batch's requests and a persistent block table; `Staging` moves them, sampling
@@ -20,6 +24,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from semipd.engine.models.llama import LlamaForCausalLM
@@ -29,7 +34,7 @@ from semipd.engine.runtime.kv_cache import KVCache
 from semipd.engine.runtime.sampler import Sampler, SamplingTensors
 from semipd.engine.runtime.staging import Staging
 from semipd.sched.batch import Batch
-from semipd.sched.request import Request
+from semipd.sched.request import PENDING_TOKEN, Request
 
 if TYPE_CHECKING:
     from semipd.engine.runtime.cuda_graphs import GraphRunner
@@ -50,18 +55,21 @@ class PreparedBatch:
 
 
 class PendingTokens:
-    """The sampled token ids of a launched batch, readable once the device is done with it."""
+    """The sampled token ids of a launched batch (``sampled``, in order), readable once the device is
+    done with it; ``device`` holds them on the device for the next batch's inputs."""
 
-    def __init__(self, host: torch.Tensor, n: int, event: torch.cuda.Event | None) -> None:
+    def __init__(self, host: torch.Tensor, device: torch.Tensor, sampled: list[Request],
+                 event: torch.cuda.Event | None) -> None:
         self._host = host
-        self._n = n
+        self.device = device
+        self.sampled = sampled
         self._event = event
 
     def wait(self) -> list[int]:
-        """Block (without the GIL) until the tokens arrived; they must be read before the next launch."""
+        """Block (without the GIL) until the tokens arrived; read them before the launch after next."""
         if self._event is not None:
             self._event.synchronize()
-        return self._host[:self._n].tolist()
+        return self._host[:len(self.sampled)].tolist()
 
 
 class ModelRunner:
@@ -82,9 +90,11 @@ class ModelRunner:
         self.last_run_graphed = False
         """Whether the last `launch` replayed a captured CUDA graph."""
         cuda = self.device.type == "cuda"
-        self._out_host = torch.empty(256, dtype=torch.int64, pin_memory=cuda)
-        """Sampled token ids come back here (pinned, reused: one batch is waited on before the next launches)."""
-        self._out_event = torch.cuda.Event() if cuda else None
+        self._out_host = [torch.empty(256, dtype=torch.int64, pin_memory=cuda) for _ in range(2)]
+        """Sampled token ids come back here, alternately (pinned, reused)."""
+        self._out_events = [torch.cuda.Event() for _ in range(2)] if cuda else [None, None]
+        self._out_next = 0
+        self._feed_staging = Staging(self.device)
 
     def host_batch(self, batch: Batch) -> HostBatch:
         """Host arrays of `batch` (which must not be empty)."""
@@ -115,42 +125,70 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, batch: Batch, graph_key: Hashable = "default",
-               layer_hook: Callable[[int], None] | None = None, host: HostBatch | None = None) -> PendingTokens:
+               layer_hook: Callable[[int], None] | None = None, host: HostBatch | None = None,
+               previous: PendingTokens | None = None) -> PendingTokens:
         """Launch `batch` on the current stream without waiting for it; `PendingTokens.wait()`
-        gives one sampled token id per `batch.sampled_requests()` entry, in order. Decode-only
-        batches replay the graph set `graph_key` of the `GraphRunner` when it covers them; eager
-        forwards call ``layer_hook(i)`` before each decoder layer after the first (it may
-        change the current stream: the rest of the batch then launches there)."""
+        gives one sampled token id per `batch.sampled_requests()` entry, in order. Decodes whose
+        last token is pending take it from `previous` (the batch launched before, same stream).
+        Decode-only batches replay the graph set `graph_key` of the `GraphRunner` when it covers
+        them; eager forwards call ``layer_hook(i)`` before each decoder layer after the first (it
+        may change the current stream: the rest of the batch then launches there)."""
         gr = self.graph_runner
+        hb = host if host is not None else self.host_batch(batch)
+        feed = self._feed(batch, previous)
         if gr is not None and not batch.prefills and gr.can_run(len(batch.decodes)):
-            hb = host if host is not None else self.host_batch(batch)
-            tokens, logits, self.last_run_graphed = gr.decode(hb, graph_key)
+            tokens, logits, self.last_run_graphed = gr.decode(hb, graph_key, feed)
             if hb.sampling.use_top_k_top_p:
                 tokens = self.sampler(logits, self._sampling_tensors(hb))
-            return self._read_back(tokens)
+            return self._read_back(tokens, hb.sampled)
         self.last_run_graphed = False
-        prepared = self.prepare(batch, host)
+        prepared = self.prepare(batch, hb)
+        if feed is not None:
+            prepared.input_ids.index_copy_(0, feed[0], feed[1])
         hidden = self.model(prepared.input_ids, prepared.positions, self.kv_cache.layers, prepared.meta,
                             layer_hook=layer_hook)
         if not prepared.sampled:
-            return PendingTokens(torch.empty(0, dtype=torch.int64), 0, None)
+            return PendingTokens(torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), [], None)
         logits = self.model.lm_logits(hidden[prepared.sample_rows])
-        return self._read_back(self.sampler(logits, prepared.sampling))
+        return self._read_back(self.sampler(logits, prepared.sampling), prepared.sampled)
+
+    def _feed(self, batch: Batch, previous: PendingTokens | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(input rows, their tokens on the device) for the decodes of `batch` whose last token is
+        pending: sampled by `previous` and not read back yet. None when there are none."""
+        rows, sources = [], []
+        first = sum(c.num_tokens for c in batch.prefills)
+        index = None
+        for i, r in enumerate(batch.decodes):
+            if r.output_token_ids[-1] != PENDING_TOKEN:
+                continue
+            if index is None:
+                if previous is None:
+                    raise RuntimeError(f"request {r.rid} has a pending token but no previous batch was given")
+                index = {id(s): j for j, s in enumerate(previous.sampled)}
+            rows.append(first + i)
+            sources.append(index[id(r)])
+        if not rows:
+            return None
+        dst, src = self._feed_staging.to_device([np.array(rows, dtype=np.int64), np.array(sources, dtype=np.int64)])
+        return dst, previous.device.index_select(0, src)
 
     def run(self, batch: Batch, graph_key: Hashable = "default") -> list[int]:
         """`launch` and wait: the sampled token ids of `batch`."""
         return self.launch(batch, graph_key).wait()
 
-    def _read_back(self, tokens: torch.Tensor) -> PendingTokens:
-        """Start copying the device `tokens` into the reused pinned buffer (CUDA); on CPU they are there."""
+    def _read_back(self, tokens: torch.Tensor, sampled: list[Request]) -> PendingTokens:
+        """Start copying the device `tokens` into the next pinned buffer (CUDA); on CPU, copy them."""
         n = tokens.shape[0]
-        if self.device.type != "cuda":
-            return PendingTokens(tokens, n, None)
-        if self._out_host.shape[0] < n:
-            self._out_host = torch.empty(max(n, 2 * self._out_host.shape[0]), dtype=torch.int64, pin_memory=True)
-        self._out_host[:n].copy_(tokens, non_blocking=True)
-        self._out_event.record()
-        return PendingTokens(self._out_host, n, self._out_event)
+        if self.device.type != "cuda":  # a copy: `tokens` may be a graph buffer the next step overwrites
+            return PendingTokens(tokens.clone(), tokens, sampled, None)
+        i = self._out_next
+        self._out_next = 1 - i
+        if self._out_host[i].shape[0] < n:
+            self._out_host[i] = torch.empty(max(n, 2 * self._out_host[i].shape[0]), dtype=torch.int64,
+                                            pin_memory=True)
+        self._out_host[i][:n].copy_(tokens, non_blocking=True)
+        self._out_events[i].record()
+        return PendingTokens(self._out_host[i], tokens, sampled, self._out_events[i])
 
     def _sampling_tensors(self, hb: HostBatch) -> SamplingTensors:
         s = hb.sampling
