@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--load-format", "dummy", "--num-kv-blocks", "16384", "--max-waiting", "100000", "--log-level", "warning"]
 CONFIGS = {
     "unified": ["--mode", "unified", "--max-num-batched-tokens", "8192"],
+    "unified-sync": ["--mode", "unified", "--max-num-batched-tokens", "8192", "--no-async-scheduling"],
     "static88": ["--mode", "semi-pd", "--controller", "static", "--initial-prefill-sm-percent", "66.67",
                  "--max-num-batched-tokens", "4096"],
     "static104": ["--mode", "semi-pd", "--controller", "static", "--initial-prefill-sm-percent", "78.8",

@@ -23,7 +23,8 @@ CORE_DEATH_GRACE_S = 1.0
 """Seconds the server keeps answering (503) after the engine core died, before it exits."""
 # CLI option -> EngineConfig field (passed only when given).
 ENGINE_OPTIONS = ("model", "load_format", "dtype", "device", "mode", "gpu_memory_utilization", "block_size",
-                  "num_kv_blocks", "max_num_batched_tokens", "max_num_seqs", "max_model_len", "tokenizer", "seed")
+                  "num_kv_blocks", "max_num_batched_tokens", "max_num_seqs", "max_model_len", "tokenizer", "seed",
+                  "async_scheduling")
 
 
 def _positive_int(text: str) -> int:
@@ -65,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--block-size", type=_positive_int, help="tokens per KV block")
     model.add_argument("--num-kv-blocks", type=_positive_int, help="KV blocks to allocate (default: sized from memory)")
     model.add_argument("--seed", type=int, help="seed for dummy weights and unseeded requests")
+    model.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false", default=None,
+                       help="one step at a time (default: launch the next step before reading the last one's tokens)")
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     server.add_argument("--port", type=_port, default=8000)
