@@ -6,6 +6,7 @@ back. And the scheduler's advance / resolve on hand-made cases."""
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 from test_model_helpers import random_prompt
@@ -135,3 +136,59 @@ def test_preemption_drops_the_pending_token() -> None:
     r.append_token(PENDING_TOKEN)
     r.drop_pending_tokens()
     assert r.output_token_ids == [4] and r.num_output_tokens == 1
+
+
+def test_fenced_blocks_wait_for_their_release() -> None:
+    allocator = BlockAllocator(8, 4)
+    a, b = Request("a", 8, 4, 0.0), Request("b", 8, 4, 0.0)
+    assert allocator.allocate(a, 8) and allocator.allocate(b, 8)
+    assert allocator.free(a, fence=3) == 2 and allocator.num_free == 4 and allocator.num_fenced == 2
+    allocator.check_consistency()
+    assert allocator.release(2) == 0 and allocator.num_free == 4
+    assert allocator.release(3) == 2 and allocator.num_free == 6 and allocator.num_fenced == 0
+    allocator.free(b)
+    allocator.check_consistency()
+    assert allocator.num_free == 8
+
+
+def test_semipd_decode_overlap_with_stops_preemptions_and_repartitions_equals_unified() -> None:
+    from semipd.engine.semi_pd.config import SemiPDConfig
+    from semipd.engine.semi_pd.engine import SemiPDEngine
+
+    arrivals, _ = workload(7, n=12)
+    ref = drive(make(False, num_kv_blocks=40), arrivals)
+    engine = SemiPDEngine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=40,
+                                       max_num_seqs=8, max_num_batched_tokens=40, mode="semi-pd",
+                                       semipd=SemiPDConfig(controller="static")))
+    try:
+        assert engine.decode_worker.overlap
+        pm = engine.partitions
+        choices = pm.reachable_prefill_sms
+        original = pm.begin_launch
+        count = iter(range(10**9))
+
+        def begin_launch(phase: str):  # a new split every 3 launch stretches
+            n = next(count)
+            if n % 3 == 0:
+                pm.request_sm_reallocation(pm.grid.allocation(choices[(n // 3) % len(choices)]))
+            return original(phase)
+
+        pm.begin_launch = begin_launch
+        tokens: dict[str, list[int]] = {}
+        for batch in arrivals.values():
+            for rid, prompt, params in batch:
+                engine.add_request(rid, prompt, params)
+        deadline = time.monotonic() + 60
+        while engine.has_unfinished():
+            assert time.monotonic() < deadline, engine.get_status()
+            for d in engine.step():
+                tokens.setdefault(d.rid, []).extend(d.new_token_ids)
+        assert tokens == ref
+        deadline = time.monotonic() + 10
+        while engine.allocator.num_free != engine.allocator.num_blocks:
+            assert time.monotonic() < deadline, "blocks never came back"
+            time.sleep(0.01)
+        assert engine.allocator.num_fenced == 0
+        engine.allocator.check_consistency()
+    finally:
+        engine.stop()

@@ -220,10 +220,10 @@ def test_a_worker_exception_is_survived(engine: SemiPDEngine, phase: str, monkey
     else:
         original = worker.launch_step
 
-        def broken(batch, key, host=None):
+        def broken(batch, key, host=None, previous=None):
             if next(failures, False):
                 raise RuntimeError("device fell over")
-            return original(batch, key, host)
+            return original(batch, key, host, previous)
 
         monkeypatch.setattr(worker, "launch_step", broken)
     ps = prompts(4, seed=70)
@@ -374,10 +374,10 @@ def test_async_engine_drives_the_semipd_engine(engine: SemiPDEngine, monkeypatch
     failures = iter([True])
     original = engine.decode_worker.launch_step
 
-    def flaky(batch, key, host=None):
+    def flaky(batch, key, host=None, previous=None):
         if len(batch.decodes) == 1 and batch.decodes[0].rid == "victim" and next(failures, False):
             raise RuntimeError("injected failure")
-        return original(batch, key, host)
+        return original(batch, key, host, previous)
 
     async def collect(rid, prompt, params):
         return [o async for o in a.generate(rid, prompt, params)]
@@ -453,9 +453,9 @@ def test_decode_borrows_the_whole_device_only_while_prefill_is_idle(engine: Semi
     worker.borrow = WholeDeviceBorrow(None, "whole", prefill_idle)
     original = worker.launch_step
 
-    def launch_step(batch, key, host=None):
+    def launch_step(batch, key, host=None, previous=None):
         keys.append((key, decisions[-1]))
-        return original(batch, key, host)
+        return original(batch, key, host, previous)
 
     worker.launch_step = launch_step
     ps = prompts(12, seed=40)

@@ -30,8 +30,7 @@ from semipd.engine.sampling_params import SamplingParams
 from semipd.metrics import SemiPDMetricsCollector
 from semipd.metrics.recorder import LifecycleRecorder
 from semipd.sched import BlockAllocator, Request, UnifiedScheduler, UnifiedSchedulerConfig
-from semipd.sched.batch import Batch
-from semipd.sched.unified import AdvancedBatch
+from semipd.sched.batch import AdvancedBatch, Batch
 
 logger = logging.getLogger(__name__)
 

@@ -46,3 +46,12 @@ class Batch:
         """Requests that get a token this iteration, in the order tokens are returned:
         finishing prefill chunks first, then decodes."""
         return [c.request for c in self.prefills if c.is_last] + list(self.decodes)
+
+
+@dataclass
+class AdvancedBatch:
+    """A launched batch whose tokens are pending: each sampled request (in `Batch.sampled_requests`
+    order) with the index of its pending token in ``output_token_ids`` (-1: it got none)."""
+
+    batch: Batch
+    slots: list[tuple[Request, int]]

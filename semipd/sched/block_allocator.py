@@ -8,6 +8,11 @@ prefill worker and the decode worker allocate concurrently (the paper's atomic a
 The watermark: prefill admissions (`allocate` with ``use_watermark=True``) must leave
 ``watermark`` blocks free, so that requests already decoding can still grow by a slot per
 step; decode growth (`append_slot`) may use the last free block.
+
+Fences: a worker that launches a step before reading the last one (overlapped scheduling)
+may finish, abort or preempt a request whose blocks a launched step still reads or writes,
+while another stream (Semi-PD's prefill) could take them at once. ``free(request, fence=n)``
+then parks the blocks until ``release(n)``, which the worker calls once its step ``n`` is done.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from __future__ import annotations
 import threading
 
 from semipd.sched.request import Request
+
+_FENCED = "\x00fenced"
+"""Owner of blocks parked behind a fence (no request id looks like it)."""
 
 
 class BlockAllocator:
@@ -33,6 +41,8 @@ class BlockAllocator:
         # Popped from the end: block 0 is handed out first.
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
         self._owner: list[str | None] = [None] * num_blocks
+        self._fenced: dict[int, list[int]] = {}
+        """fence -> blocks freed behind it, not yet back in the pool."""
         self._lock = threading.Lock()
 
     # -- queries ---------------------------------------------------------------------
@@ -94,8 +104,14 @@ class BlockAllocator:
             self._take(request, 1)
             return True
 
-    def free(self, request: Request) -> int:
-        """Return every block of `request` to the pool; returns how many.
+    @property
+    def num_fenced(self) -> int:
+        """Blocks freed behind a fence, not yet back in the pool."""
+        return sum(len(b) for b in self._fenced.values())
+
+    def free(self, request: Request, fence: int | None = None) -> int:
+        """Return every block of `request` to the pool (or, with `fence`, park them until
+        ``release(fence)``); returns how many.
 
         Raises RuntimeError (changing nothing) if one of them is not held by this request:
         a double free, or blocks of another request or another pool."""
@@ -108,11 +124,29 @@ class BlockAllocator:
                     or any(owner[b] != rid for b in blocks) or len(set(blocks)) != len(blocks)):
                 raise RuntimeError(f"request {rid}: its block table holds blocks it does not own in this pool "
                                    f"(double free, or blocks of another request or pool)")
+            request.block_ids = []
+            if fence is not None:
+                for b in blocks:
+                    owner[b] = _FENCED
+                self._fenced.setdefault(fence, []).extend(blocks)
+                return len(blocks)
             for b in blocks:
                 owner[b] = None
             self._free.extend(reversed(blocks))
-            request.block_ids = []
             return len(blocks)
+
+    def release(self, upto: int) -> int:
+        """Return the blocks parked behind fences ``<= upto`` to the pool; returns how many."""
+        with self._lock:
+            done = [f for f in self._fenced if f <= upto]
+            n = 0
+            for f in done:
+                blocks = self._fenced.pop(f)
+                for b in blocks:
+                    self._owner[b] = None
+                self._free.extend(reversed(blocks))
+                n += len(blocks)
+            return n
 
     def _take(self, request: Request, n: int) -> None:
         taken = self._free[-n:]

@@ -10,6 +10,12 @@ Growth needs a new block only once every ``block_size`` steps, so the scheduler 
 calendar: when a request gets room, it is filed under the step at which that room runs
 out, and each step touches only the requests filed under it (plus new admissions) rather
 than the whole batch.
+
+Overlapped scheduling (the decode worker launches step N+1 before reading step N's tokens):
+`advance` and `resolve` replace `update`, as in `UnifiedScheduler`. Blocks freed meanwhile may
+still be read by a launched step while the prefill stream could take them at once, so the
+worker sets ``fence`` to the last launched step and every free parks the blocks behind it
+(`BlockAllocator.free`) until the worker releases that fence once the step is done.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from collections.abc import Callable, Sequence
 
 from semipd.sched import ops
 from semipd.sched.base import StopChecker
-from semipd.sched.batch import Batch
+from semipd.sched.batch import AdvancedBatch, Batch
 from semipd.sched.block_allocator import BlockAllocator
 from semipd.sched.config import DecodeSchedulerConfig
-from semipd.sched.request import Request, RequestState
+from semipd.sched.request import PENDING_TOKEN, Request, RequestState
 
 
 class DecodeScheduler:
@@ -48,6 +54,8 @@ class DecodeScheduler:
         self._due_step: dict[str, int] = {}
         """rid -> the step it is filed under (older entries for it are stale)."""
         self._lock = threading.Lock()
+        self.fence: int | None = None
+        """When set, blocks freed here wait behind this fence (`BlockAllocator.free`)."""
 
     def add_request(self, request: Request) -> None:
         """Hand-off: a prefilled request (WAITING_DECODE, blocks attached) joins at the next step."""
@@ -103,7 +111,7 @@ class DecodeScheduler:
         if victim.state is RequestState.DECODING:
             self._running_tokens -= victim.num_tokens
         self._due_step.pop(victim.rid, None)
-        ops.preempt(victim, self.allocator)
+        ops.preempt(victim, self.allocator, self.fence)
         self.on_preempt(victim)
 
     def update(self, batch: Batch, tokens: Sequence[int] | None) -> list[Request]:
@@ -125,7 +133,7 @@ class DecodeScheduler:
                 else:
                     reason = ops.decode_step_and_check(r, token, checker)
                 if reason is not None:
-                    ops.finish(r, reason, self.allocator)
+                    ops.finish(r, reason, self.allocator, self.fence)
                     self._due_step.pop(r.rid, None)
                     added -= r.num_tokens
                     finished.append(r)
@@ -134,19 +142,71 @@ class DecodeScheduler:
                 self._running = [r for r in self._running if r.state is decoding]
         return finished
 
+    def advance(self, batch: Batch) -> AdvancedBatch:
+        """The worker launched `batch` and reads its tokens later: count each request's token as
+        pending; those that reach ``max_tokens`` finish (blocks behind the fence)."""
+        slots: list[tuple[Request, int]] = []
+        decoding = RequestState.DECODING
+        with self._lock:
+            added = 0
+            finished = False
+            for r in batch.decodes:
+                if r.state is not decoding:
+                    slots.append((r, -1))
+                    continue
+                at_max = r.complete_decode_step(PENDING_TOKEN)
+                slots.append((r, len(r.output_token_ids) - 1))
+                added += 1
+                if at_max:
+                    ops.finish(r, "length", self.allocator, self.fence)
+                    self._due_step.pop(r.rid, None)
+                    added -= r.num_tokens
+                    finished = True
+            self._running_tokens += added
+            if finished:
+                self._running = [r for r in self._running if r.state is decoding]
+        return AdvancedBatch(batch, slots)
+
+    def resolve(self, advanced: AdvancedBatch, tokens: Sequence[int]) -> list[Request]:
+        """Fill in an advanced batch's tokens and run the stop checker (see `UnifiedScheduler.resolve`);
+        returns the requests that got their token. Stopped ones finish (blocks behind the fence)."""
+        checker = self.stop_checker
+        got: list[Request] = []
+        with self._lock:
+            stopped = False
+            for (r, idx), token in zip(advanced.slots, tokens, strict=True):
+                ids = r.output_token_ids
+                if idx < 0 or r.state is RequestState.ABORTED or idx >= len(ids) or ids[idx] != PENDING_TOKEN:
+                    continue
+                ids[idx] = token
+                got.append(r)
+                reason = checker(r, token) if checker is not None else None
+                if reason is None:
+                    continue
+                if r.is_finished:
+                    r.finish_reason = reason
+                    continue
+                self._running_tokens -= r.num_tokens
+                self._due_step.pop(r.rid, None)
+                ops.finish(r, reason, self.allocator, self.fence)
+                stopped = True
+            if stopped:
+                self._running = [r for r in self._running if r.state is RequestState.DECODING]
+        return got
+
     def abort(self, rid: str) -> Request | None:
         """Remove `rid` from the inbox or the running batch, free its blocks, mark it ABORTED."""
         with self._lock:
             for r in self._inbox:
                 if r.rid == rid:
                     self._inbox.remove(r)
-                    ops.abort(r, self.allocator)
+                    ops.abort(r, self.allocator, self.fence)
                     return r
             for r in self._running:
                 if r.rid == rid:
                     self._running.remove(r)
                     self._running_tokens -= r.num_tokens
                     self._due_step.pop(rid, None)
-                    ops.abort(r, self.allocator)
+                    ops.abort(r, self.allocator, self.fence)
                     return r
         return None

@@ -58,23 +58,24 @@ def decode_step_and_check(request: Request, token: int | None, stop_checker: Sto
     return "length" if at_max else None
 
 
-def finish(request: Request, reason: str, allocator: BlockAllocator) -> None:
+def finish(request: Request, reason: str, allocator: BlockAllocator, fence: int | None = None) -> None:
+    """State FINISHED with `reason`; blocks freed (behind `fence`: `BlockAllocator.free`)."""
     request.finish_reason = reason
     request.transition(RequestState.FINISHED)
-    allocator.free(request)
+    allocator.free(request, fence)
 
 
-def preempt(request: Request, allocator: BlockAllocator) -> None:
+def preempt(request: Request, allocator: BlockAllocator, fence: int | None = None) -> None:
     """Recompute preemption: free the KV, forget what was computed and any pending token, state PREEMPTED."""
-    allocator.free(request)
+    allocator.free(request, fence)
     request.drop_pending_tokens()
     request.num_computed_tokens = 0
     request.num_preemptions += 1
     request.transition(RequestState.PREEMPTED)
 
 
-def abort(request: Request, allocator: BlockAllocator) -> None:
-    allocator.free(request)
+def abort(request: Request, allocator: BlockAllocator, fence: int | None = None) -> None:
+    allocator.free(request, fence)
     request.finish_reason = "abort"
     request.transition(RequestState.ABORTED)
 

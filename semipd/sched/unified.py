@@ -31,25 +31,15 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from semipd.sched import ops
 from semipd.sched.base import StopChecker
-from semipd.sched.batch import Batch, PrefillChunk
+from semipd.sched.batch import AdvancedBatch, Batch, PrefillChunk
 from semipd.sched.block_allocator import BlockAllocator
 from semipd.sched.config import UnifiedSchedulerConfig
 from semipd.sched.request import PENDING_TOKEN, Request, RequestState
 
 _DECODE_READY = (RequestState.WAITING_DECODE, RequestState.DECODING)
-
-
-@dataclass
-class AdvancedBatch:
-    """A launched batch whose tokens are pending: each sampled request (in `Batch.sampled_requests`
-    order) with the index of its pending token in ``output_token_ids`` (-1: it got none)."""
-
-    batch: Batch
-    slots: list[tuple[Request, int]]
 
 
 class UnifiedScheduler:

@@ -120,7 +120,7 @@ class SemiPDEngine:
         if whole_device is not None:
             borrow = WholeDeviceBorrow(whole_device, WHOLE_DEVICE, lambda: not self.prefill_scheduler.has_work())
         self.decode_worker = DecodeWorker(ctx, self.decode_scheduler, ModelRunner(self.model, self.kv_cache, graphs),
-                                          self._on_blocks_freed, borrow)
+                                          self._on_blocks_freed, borrow, overlap=config.async_scheduling)
         self.prefill_worker = PrefillWorker(ctx, self.prefill_scheduler,
                                             ModelRunner(self.model, self.kv_cache, pad_prefill=True),
                                             self.decode_worker.hand_off, self.semipd.prefill_launch_lookahead_layers)

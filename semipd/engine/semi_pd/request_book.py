@@ -32,6 +32,7 @@ class RequestBook:
         self._outbox: list[TokenDelta] = []
         self._failures: list[StepError] = []
         self._aborts: set[str] = set()
+        self._aborted_since_take: set[str] = set()
 
     # -- caller side ----------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -47,21 +48,25 @@ class RequestBook:
             if self._live.pop(rid, None) is None:
                 return False
             self._aborts.add(rid)
+            self._aborted_since_take.add(rid)
             self._cond.notify_all()
             return True
 
     def take(self, timeout: float) -> list[TokenDelta]:
         """The outputs published since the last call, waiting up to `timeout` s when there
         are none. Raises the oldest worker failure first (the outputs stay for the next call).
-        Non-final outputs of requests aborted since they were published are dropped."""
+        Outputs of requests aborted since they were published are dropped (a request that
+        finished meanwhile keeps all of its outputs)."""
         with self._cond:
             if not self._outbox and not self._failures:
                 self._cond.wait(timeout)
             if self._failures:
                 raise self._failures.pop(0)
             outputs, self._outbox = self._outbox, []
-            live = self._live
-            return [o for o in outputs if o.finished or o.rid in live]
+            aborted, self._aborted_since_take = self._aborted_since_take, set()
+            if not aborted:
+                return outputs
+            return [o for o in outputs if o.rid not in aborted]
 
     # -- worker side ----------------------------------------------------------------------
     def is_live(self, rid: str) -> bool:
