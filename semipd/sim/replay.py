@@ -148,6 +148,8 @@ class ReplayResult:
     """Seconds the simulation took (the replay's cost)."""
     measured_span_s: float
     """Seconds from the first send to the last reply of the measured run."""
+    simulation: SimResult
+    """The simulated run itself (its requests are the measured ones, in the same order)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,7 +180,8 @@ def replay(run: MeasuredRun, overrides: EngineSettings, costs: EngineCosts, **si
     measured, simulated = run.stats(), simulated_stats(result, run.slos_ms)
     reqs = run.requests
     span = max(r.arrival_s + r.e2e_ms / 1e3 for r in reqs) - min(r.arrival_s for r in reqs)
-    return ReplayResult(run, settings, policy, config, measured, simulated, compare(measured, simulated), wall, span)
+    return ReplayResult(run, settings, policy, config, measured, simulated, compare(measured, simulated), wall, span,
+                        result)
 
 
 def simulated_stats(result: SimResult, slos_ms: Mapping[str, float]) -> RunStats:
