@@ -80,21 +80,26 @@ def load_runs(path: str | Path) -> list[MeasuredRun]:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"replay: cannot read {path}: {exc}") from None
+    return runs_from_result(doc, str(path))
+
+
+def runs_from_result(doc: object, name: str) -> list[MeasuredRun]:
+    """The runs of a ``semipd bench`` result already read (`name` says where it came from, in errors)."""
     if not isinstance(doc, dict):
-        raise ValueError(f"replay: {path} is not a semipd bench result (a JSON object)")
+        raise ValueError(f"replay: {name} is not a semipd bench result (a JSON object)")
     slos = _slos(doc)
     if "points" in doc:
         runs = [_run(f"rate {p.get('request_rate', '?'):g}" if isinstance(p.get("request_rate"), (int, float))
-                     else f"point {i}", p, slos, p.get("server_status", doc.get("server_status")), path)
+                     else f"point {i}", p, slos, p.get("server_status", doc.get("server_status")), name)
                 for i, p in enumerate(doc["points"] or [])]
     else:
-        runs = [_run("run", doc, slos, doc.get("server_status"), path)]
+        runs = [_run("run", doc, slos, doc.get("server_status"), name)]
     if not runs:
-        raise ValueError(f"replay: {path} holds no runs")
+        raise ValueError(f"replay: {name} holds no runs")
     return runs
 
 
-def _run(label: str, doc: Mapping[str, Any], slos: dict[str, float], status: Any, path: Path) -> MeasuredRun:
+def _run(label: str, doc: Mapping[str, Any], slos: dict[str, float], status: Any, path: str) -> MeasuredRun:
     records = doc.get("requests")
     if not isinstance(records, list):
         raise ValueError(f"replay: {path} ({label}) has no per-request records; replay needs a result written by "
