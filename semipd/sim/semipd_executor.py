@@ -18,8 +18,9 @@ once if decode is idle). SM switches take effect per worker at its next iteratio
 
 Engine costs: each iteration starts with ``host_s`` of host work during which its GPU work has
 not begun (plus ``host_per_seq_s`` per sequence of a decode step, and ``prefill_host_per_seq_s``
-per sequence decoding when a prefill iteration starts); the interference factors apply to the
-GPU part only. With ``decode_borrow`` (the engine's default) a decode step that
+per sequence decoding when a prefill iteration starts); the interference factors slow the GPU
+part only (a worker in its host part still counts as busy when the other's speed is set: a
+simplification). With ``decode_borrow`` (the engine's default) a decode step that
 starts while the prefill scheduler has nothing queued or running runs on every SM; prefill work
 arriving meanwhile starts at once on its own SMs, beside that step.
 """
