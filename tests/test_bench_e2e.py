@@ -4,7 +4,8 @@ The server (aiohttp, its own thread and event loop, 127.0.0.1, a free port) stre
 `max_tokens` chunks: the first after `ttft` seconds, the rest `itl` apart, then a finish
 chunk, a usage chunk and ``[DONE]``. Every `fail_every`-th request gets HTTP 500 and every
 `break_every`-th one an error chunk mid-stream; every `cut_every`-th stream ends after one
-token without ``[DONE]``.
+token without ``[DONE]``. With `status` it also answers ``GET /semipd/status`` as our server does,
+and with `vocab_size` / `max_model_len` it refuses token ids and lengths as ours does.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,10 +34,15 @@ ITL = 0.02
 
 
 class FakeServer:
-    def __init__(self, fail_every: int = 0, break_every: int = 0, cut_every: int = 0) -> None:
+    def __init__(self, fail_every: int = 0, break_every: int = 0, cut_every: int = 0,
+                 status: dict[str, Any] | None = None, vocab_size: int | None = None,
+                 max_model_len: int | None = None) -> None:
         self.fail_every = fail_every
         self.break_every = break_every
         self.cut_every = cut_every
+        self.status = status
+        self.vocab_size = vocab_size
+        self.max_model_len = max_model_len
         self.payloads: list[dict] = []
         self.active = 0
         self.max_active = 0
@@ -61,6 +68,8 @@ class FakeServer:
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._generate)
         app.router.add_post("/v1/chat/completions", self._generate)
+        if self.status is not None:
+            app.router.add_get("/semipd/status", self._status)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -69,7 +78,13 @@ class FakeServer:
         self.url = f"http://127.0.0.1:{port}"
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+        card = {"id": "fake-model", "object": "model"}
+        if self.max_model_len is not None:
+            card["max_model_len"] = self.max_model_len
+        return web.json_response({"object": "list", "data": [card]})
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status)
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -77,6 +92,9 @@ class FakeServer:
         n = len(self.payloads)
         if self.fail_every and n % self.fail_every == 0:
             return web.json_response({"error": {"message": "injected failure", "code": 500}}, status=500)
+        refusal = self._refusal(body)
+        if refusal:
+            return web.json_response({"error": {"message": refusal, "type": "invalid_request_error"}}, status=400)
         chat = request.path.endswith("/chat/completions")
         prompt = body["messages"][0]["content"] if chat else body["prompt"]
         prompt_tokens = len(prompt) if isinstance(prompt, list) else len(prompt.split())
@@ -114,6 +132,18 @@ class FakeServer:
             return resp
         finally:
             self.active -= 1
+
+
+    def _refusal(self, body: dict) -> str:
+        """Our server's refusals of token ids outside the vocabulary and of lengths past the context."""
+        prompt = body.get("prompt")
+        if self.vocab_size is not None and isinstance(prompt, list) and max(prompt) >= self.vocab_size:
+            return f"token id {max(prompt)} is out of the vocabulary (size {self.vocab_size})"
+        n = len(prompt) if isinstance(prompt, list) else len(str(prompt).split())
+        if self.max_model_len is not None and n + body["max_tokens"] > self.max_model_len:
+            return f"This model's maximum context length is {self.max_model_len} tokens; you requested {n} + " \
+                   f"{body['max_tokens']}"
+        return ""
 
 
 @pytest.fixture

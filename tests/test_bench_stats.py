@@ -152,11 +152,22 @@ def test_parse_percentiles_and_metrics() -> None:
 
 def test_report_lists_every_failure_group() -> None:
     records = _records() + [RequestRecord(4, 0.7, 0.7, 1, 1, latency=0.01, error="stream ended before [DONE]")]
-    text = format_failures(records, limit=1)
+    text = format_failures(records)
     assert "Failed requests: 2" in text
     assert "1 x HTTP 500: boom" in text and "1 x stream ended before [DONE]" in text
-    assert "request 3" in text and "and 1 more" in text
     assert format_failures(_records()[:3]) == ""
+    more = format_failures(records, limit=1)
+    assert "1 more causes (1 requests" in more and "stream ended" not in more
     summary_text = format_summary(summarize(records, 2.0, {"ttft": 250.0}), max_concurrency=4)
     assert "Failed requests:" in summary_text and "SLO attainment (ttft:250 ms):" in summary_text
     assert "P90 TTFT (ms):" in summary_text
+
+
+def test_one_root_cause_is_one_line() -> None:
+    # 100 refusals that differ only in the token id (as a small-vocabulary server words them) are one cause.
+    records = [RequestRecord(i, 0.0, 0.0, 4, 2, latency=0.01,
+                             error=f"HTTP 400: token id {1000 + 7 * i} is out of the vocabulary (size 512)")
+               for i in range(100)]
+    lines = format_failures(records).splitlines()
+    assert len(lines) == 3  # rule, the cause, rule
+    assert lines[1].strip() == "100 x HTTP 400: token id 1000 is out of the vocabulary (size 512)"

@@ -2,12 +2,17 @@
 
 ``semipd bench [run] ...`` runs one benchmark; ``semipd bench sweep --request-rates 2,4,8 ...``
 runs one per rate and reports SLO attainment and goodput against rate.
+
+Before sending, the server is asked for its model, context length and (ours) vocabulary and
+status (`semipd.bench.server_info`); requests are kept within those limits (`semipd.bench.limits`).
+Exit status: 0 when the benchmark ran, 1 when every request failed or the run stopped early
+because the first ones all failed for one cause, 2 for a usage error, 130 on Ctrl-C (what
+finished by then is still reported and written).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import math
 import os
@@ -15,9 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-
-from semipd.bench.client import BACKENDS, Endpoint, api_url, first_model
+from semipd.bench.client import BACKENDS, Endpoint, api_url
 from semipd.bench.datasets import (
     DEFAULT_TOKEN_RANGE,
     PROMPT_FORMATS,
@@ -28,8 +31,10 @@ from semipd.bench.datasets import (
     trace_requests,
 )
 from semipd.bench.goodput import parse_goodput
+from semipd.bench.limits import check_random_lengths, fit_to_context, token_range_for
 from semipd.bench.report import format_failures, format_summary, result_json, write_json
-from semipd.bench.runner import RunConfig, arrival_offsets, arrival_rng, dataset_rng, run_benchmark
+from semipd.bench.runner import INTERRUPTED, RunConfig, arrival_offsets, arrival_rng, dataset_rng, run_benchmark
+from semipd.bench.server_info import ServerInfo, discover, server_status
 from semipd.bench.stats import parse_metric_names, parse_percentiles, summarize
 from semipd.bench.sweep import find_capacity, format_capacity, format_sweep_table, parse_rates, run_sweep
 from semipd.bench.tokens import TokenCounter, load_counter
@@ -63,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--random-prompt-format", choices=PROMPT_FORMATS,
                       help="ids: token-id prompts of exact length (default on /v1/completions); "
                       "text: random words (default, and the only choice, for openai-chat)")
-    data.add_argument("--random-token-range", default=f"{DEFAULT_TOKEN_RANGE[0]}:{DEFAULT_TOKEN_RANGE[1]}",
-                      help="LOW:HIGH token ids for random prompts (capped to --tokenizer's vocabulary)")
+    data.add_argument("--random-token-range",
+                      help=f"LOW:HIGH token ids for random prompts (default {DEFAULT_TOKEN_RANGE[0]}:"
+                           f"{DEFAULT_TOKEN_RANGE[1]}; capped to --tokenizer's and the server's vocabulary)")
     data.add_argument("--trace-path", help="Azure trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens), or a "
                       "public trace fetched on first use: azure-conv-2023, azure-code-2023")
     data.add_argument("--time-scale", type=float, default=1.0, help="trace time multiplier (0.5 = twice as fast)")
@@ -83,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     load.add_argument("--ignore-eos", action=argparse.BooleanOptionalAction, default=True,
                       help="ask the server to ignore EOS so output lengths are honoured")
     load.add_argument("--temperature", type=float, default=0.0)
+    load.add_argument("--fail-fast", type=int, default=10, metavar="N",
+                      help="stop when the first N requests to finish all failed for one cause (0: never)")
     rep = parser.add_argument_group("report")
     rep.add_argument("--goodput", nargs="+", metavar="KEY:MS", help="SLOs, e.g. ttft:200 tpot:30 [e2el:5000]")
     rep.add_argument("--percentile-metrics", default="ttft,tpot,itl,e2el")
@@ -104,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"semipd bench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("semipd bench: interrupted", file=sys.stderr)
+        return 130
 
 
 def _run_once(args: argparse.Namespace) -> int:
@@ -113,22 +124,38 @@ def _run_once(args: argparse.Namespace) -> int:
     slos = parse_goodput(args.goodput or [])
     percentiles = parse_percentiles(args.metric_percentiles)
     metrics = parse_metric_names(args.percentile_metrics)
-    requests = _request_builder(args)(args.num_prompts)
-    endpoint = _endpoint(args)
+    config = _run_config(args)
+    info, endpoint, build = _prepare(args)
+    requests = build(args.num_prompts)
     arrivals = arrival_offsets(requests, rate, args.burstiness, arrival_rng(args.seed))
     rate_text = "trace timestamps" if rate is None else f"{rate:g} req/s, burstiness {args.burstiness:g}"
     print(f"{len(requests)} {args.dataset_name} requests to {endpoint.model} at {endpoint.url}, {rate_text}, "
           f"max concurrency {args.max_concurrency or 'unlimited'}")
-    result = run_benchmark(endpoint, requests, arrivals, _run_config(args))
+    result = run_benchmark(endpoint, requests, arrivals, config)
     summary = summarize(result.records, result.duration, slos, percentiles, metrics)
     if args.output_json:
-        write_json(args.output_json, result_json(summary, result.records, _settings(args, endpoint)))
+        settings = {**_settings(args, endpoint, info), "stopped": result.stopped}
+        write_json(args.output_json, result_json(summary, result.records, settings))
     print(format_summary(summary, args.max_concurrency))
     failures = format_failures(result.records)
     if failures:
         print(failures)
     if args.output_json:
         print(f"wrote {args.output_json}")
+    return _exit_status(result.stopped, summary.num_requests > 0 and summary.completed == 0)
+
+
+def _exit_status(stopped: str, all_failed: bool) -> int:
+    """130 after Ctrl-C, 1 when the run stopped early or every request failed (saying so), else 0."""
+    if stopped == INTERRUPTED:
+        print(f"semipd bench: {stopped}; the requests that finished are reported above", file=sys.stderr)
+        return 130
+    if stopped:
+        print(f"semipd bench: stopped early: {stopped}", file=sys.stderr)
+        return 1
+    if all_failed:
+        print("semipd bench: every request failed (causes above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -146,19 +173,23 @@ def _sweep(args: argparse.Namespace) -> int:
     rates = parse_rates(args.request_rates)
     slos = parse_goodput(args.goodput)
     percentiles = parse_percentiles(args.metric_percentiles)
-    build_requests = _request_builder(args)
-    endpoint = _endpoint(args)
+    config = _run_config(args)
+    info, endpoint, build_requests = _prepare(args)
+    base_url = args.base_url or f"http://{args.host}:{args.port}"
     per_rate = f"{args.duration_per_rate:g} s" if args.duration_per_rate else f"{args.num_prompts} requests"
     print(f"sweep over {', '.join(f'{r:g}' for r in rates)} req/s, {per_rate} each, "
           f"{args.dataset_name} requests to {endpoint.model} at {endpoint.url}")
     points = run_sweep(
-        endpoint, rates, build_requests, slos, _run_config(args),
+        endpoint, rates, build_requests, slos, config,
         seed=args.seed, burstiness=args.burstiness,
         num_prompts=None if args.duration_per_rate else args.num_prompts,
         duration_per_rate=args.duration_per_rate, percentiles=percentiles,
         on_point=lambda p: print(f"rate {p.rate:g}: attainment {p.summary.slo_attainment:.3f}, "
                                  f"goodput {p.summary.request_goodput:.2f} req/s, {p.summary.failed} failed"),
+        server_status=(lambda: server_status(base_url, args.api_key)) if info.is_ours else None,
     )
+    if not points:
+        return _exit_status(INTERRUPTED, False)
     capacity = find_capacity(points, args.attainment_target)
     print(format_sweep_table(points))
     for point in points:
@@ -167,7 +198,7 @@ def _sweep(args: argparse.Namespace) -> int:
     print(format_capacity(capacity, args.attainment_target, slos))
     json_path = args.output_json or "semipd-sweep.json"
     write_json(json_path, {
-        **_settings(args, endpoint),
+        **_settings(args, endpoint, info),
         "attainment_target": args.attainment_target,
         "capacity": {"highest_rate": capacity.highest_rate, "interpolated_rate": capacity.interpolated_rate,
                      "all_met": capacity.all_met},
@@ -182,7 +213,8 @@ def _sweep(args: argparse.Namespace) -> int:
             print(f"wrote {plot_sweep(points, args.attainment_target, capacity, png)}")
         except ValueError as exc:
             print(f"semipd bench: no plot: {exc}", file=sys.stderr)
-    return 0
+    last = points[-1]
+    return _exit_status(last.stopped, last.all_failed)
 
 
 def _request_rate(args: argparse.Namespace) -> float | None:
@@ -201,82 +233,111 @@ def _request_rate(args: argparse.Namespace) -> float | None:
 
 
 def _run_config(args: argparse.Namespace) -> RunConfig:
+    if args.fail_fast < 0:
+        raise ValueError(f"--fail-fast must be >= 0, got {args.fail_fast}")
     return RunConfig(max_concurrency=args.max_concurrency, request_timeout_s=args.request_timeout,
-                     show_progress=not args.no_progress)
+                     show_progress=not args.no_progress, fail_fast_after=args.fail_fast or None)
 
 
-def _endpoint(args: argparse.Namespace) -> Endpoint:
-    base_url = args.base_url or f"http://{args.host}:{args.port}"
-    model = args.model or asyncio.run(_discover_model(base_url, args.api_key))
-    return Endpoint(
-        url=api_url(base_url, args.endpoint or BACKENDS[args.backend]),
-        model=model,
-        chat=args.backend == "openai-chat",
-        api_key=args.api_key,
-        ignore_eos=args.ignore_eos,
-        temperature=args.temperature,
-    )
-
-
-async def _discover_model(base_url: str, api_key: str | None) -> str:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), trust_env=True) as session:
-        return await first_model(session, base_url, api_key)
-
-
-def _request_builder(args: argparse.Namespace) -> Callable[[int], list[BenchRequest]]:
-    """A function n -> n requests of the chosen dataset (same seed, same requests)."""
+def _prepare(args: argparse.Namespace) -> tuple[ServerInfo, Endpoint, Callable[[int], list[BenchRequest]]]:
+    """Check the dataset flags, ask the server about itself, and make the request builder."""
     if args.num_prompts < 1:
         raise ValueError(f"--num-prompts must be >= 1, got {args.num_prompts}")
     counter = load_counter(args.tokenizer)
+    prompt_format, token_range = _prompt_spec(args, counter)
+    ids = args.dataset_name != "sharegpt" and prompt_format == "ids"
+    base_url = args.base_url or f"http://{args.host}:{args.port}"
+    info = discover(base_url, args.api_key, args.model, probe_token_id=(token_range or DEFAULT_TOKEN_RANGE)[1] - 1
+                    if ids else None)
+    endpoint = Endpoint(url=api_url(base_url, args.endpoint or BACKENDS[args.backend]), model=info.model,
+                        chat=args.backend == "openai-chat", api_key=args.api_key, ignore_eos=args.ignore_eos,
+                        temperature=args.temperature)
+    token_range, note = token_range_for(token_range, info.vocab_size if ids else None)
+    if note:
+        print(f"note: {note}")
+    args.random_token_range = f"{token_range[0]}:{token_range[1]}"  # what the result file records
+    return info, endpoint, _request_builder(args, counter, PromptMaker(prompt_format, token_range, counter),
+                                            info.max_model_len)
+
+
+def _request_builder(args: argparse.Namespace, counter: TokenCounter, maker: PromptMaker,
+                     max_model_len: int | None) -> Callable[[int], list[BenchRequest]]:
+    """A function n -> n requests of the chosen dataset (same seed, same requests), within the
+    server's context: random lengths that cannot fit are refused, other prompts are shortened."""
     if args.dataset_name == "sharegpt":
         if not args.dataset_path:
             raise ValueError("--dataset-name sharegpt needs --dataset-path (a ShareGPT JSON file)")
-        return lambda n: sharegpt_requests(args.dataset_path, n, dataset_rng(args.seed), counter,
-                                           output_len=args.sharegpt_output_len)
-    maker = _prompt_maker(args, counter)
-    if args.dataset_name == "random":
-        return lambda n: random_requests(n, args.random_input_len, args.random_output_len,
-                                         args.random_range_ratio, dataset_rng(args.seed), maker)
-    path = args.trace_path or args.dataset_path
-    if not path:
-        raise ValueError("--dataset-name trace needs --trace-path (an Azure trace CSV)")
 
-    def from_trace(n: int) -> list[BenchRequest]:
-        requests = trace_requests(path, n, dataset_rng(args.seed), maker, time_scale=args.time_scale,
-                                  max_input_len=args.trace_max_input_len, max_output_len=args.trace_max_output_len,
-                                  start_offset_s=args.trace_start_offset)
-        if len(requests) < n:
-            raise ValueError(f"trace {path} has only {len(requests)} requests after the offset, {n} needed")
+        def make(n: int) -> list[BenchRequest]:
+            return sharegpt_requests(args.dataset_path, n, dataset_rng(args.seed), counter,
+                                     output_len=args.sharegpt_output_len)
+    elif args.dataset_name == "random":
+        check_random_lengths(args.random_input_len, args.random_output_len, args.random_range_ratio, max_model_len)
+
+        def make(n: int) -> list[BenchRequest]:
+            return random_requests(n, args.random_input_len, args.random_output_len, args.random_range_ratio,
+                                   dataset_rng(args.seed), maker)
+    else:
+        path = args.trace_path or args.dataset_path
+        if not path:
+            raise ValueError("--dataset-name trace needs --trace-path (an Azure trace CSV)")
+
+        def make(n: int) -> list[BenchRequest]:
+            requests = trace_requests(path, n, dataset_rng(args.seed), maker, time_scale=args.time_scale,
+                                      max_input_len=args.trace_max_input_len,
+                                      max_output_len=args.trace_max_output_len, start_offset_s=args.trace_start_offset)
+            if len(requests) < n:
+                raise ValueError(f"trace {path} has only {len(requests)} requests after the offset, {n} needed")
+            return requests
+
+    noted: set[int] = set()
+
+    def build(n: int) -> list[BenchRequest]:
+        requests, shortened = fit_to_context(make(n), max_model_len)
+        if shortened and n not in noted:
+            noted.add(n)
+            print(f"note: {shortened} of {n} prompts shortened to fit the server's max_model_len of "
+                  f"{max_model_len} tokens with their outputs")
         return requests
 
-    return from_trace
+    return build
 
 
-def _prompt_maker(args: argparse.Namespace, counter: TokenCounter) -> PromptMaker:
+def _prompt_spec(args: argparse.Namespace, counter: TokenCounter) -> tuple[str, tuple[int, int] | None]:
+    """The prompt format and the token range asked for (None: the default), capped to --tokenizer's vocabulary."""
     chat = args.backend == "openai-chat"
     prompt_format = args.random_prompt_format or ("text" if chat else "ids")
     if chat and prompt_format == "ids":
         raise ValueError("--backend openai-chat takes text prompts: use --random-prompt-format text")
-    low_text, sep, high_text = args.random_token_range.partition(":")
-    try:
-        low, high = int(low_text), int(high_text)
-    except ValueError:
-        raise ValueError(f"--random-token-range must be LOW:HIGH, got {args.random_token_range!r}") from None
-    if not sep:
-        raise ValueError(f"--random-token-range must be LOW:HIGH, got {args.random_token_range!r}")
+    if args.random_token_range is None:
+        requested = None
+    else:
+        low_text, sep, high_text = args.random_token_range.partition(":")
+        try:
+            low, high = int(low_text), int(high_text)
+        except ValueError:
+            raise ValueError(f"--random-token-range must be LOW:HIGH, got {args.random_token_range!r}") from None
+        if not sep:
+            raise ValueError(f"--random-token-range must be LOW:HIGH, got {args.random_token_range!r}")
+        requested = (low, high)
     if counter.vocab_size is not None:
-        high = min(high, counter.vocab_size)
-    if not 0 <= low < high:
-        raise ValueError(f"--random-token-range {low}:{high} is empty (after capping to the tokenizer's vocabulary)")
-    return PromptMaker(prompt_format, (low, high), counter)
+        low, high = requested or DEFAULT_TOKEN_RANGE
+        requested = (low, min(high, counter.vocab_size))
+    if requested is not None and not 0 <= requested[0] < requested[1]:
+        raise ValueError(f"--random-token-range {requested[0]}:{requested[1]} is empty (after capping to the "
+                         "tokenizer's vocabulary)")
+    return prompt_format, requested
 
 
-def _settings(args: argparse.Namespace, endpoint: Endpoint) -> dict[str, Any]:
-    """Run settings for the JSON result (the API key left out; inf written as "inf")."""
+def _settings(args: argparse.Namespace, endpoint: Endpoint, info: ServerInfo) -> dict[str, Any]:
+    """Run settings for the JSON result (the API key left out; inf written as "inf"), and what the
+    server told about itself: its limits, and its status before the run when it is ours."""
     settings: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                                 "model": endpoint.model, "url": endpoint.url}
     for key, value in sorted(vars(args).items()):
         if key in ("api_key", "command") or key in settings:
             continue
         settings[key] = "inf" if isinstance(value, float) and math.isinf(value) else value
+    settings["server"] = {"max_model_len": info.max_model_len, "vocab_size": info.vocab_size, "ours": info.is_ours}
+    settings["server_status"] = info.status
     return settings

@@ -66,6 +66,17 @@ class Endpoint:
         return body
 
 
+def error_message(body: str) -> str:
+    """The message of an OpenAI-style error body (``{"error": {"message": ...}}``), else the body, cut short."""
+    try:
+        doc = json.loads(body)
+    except json.JSONDecodeError:
+        doc = None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
+    return (message if isinstance(message, str) and message else body)[:_ERROR_BODY_CHARS]
+
+
 def auth_headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -76,21 +87,6 @@ def api_url(base_url: str, path: str) -> str:
     if base.endswith("/v1") and path.startswith("/v1/"):
         base = base[:-3]
     return base + (path if path.startswith("/") else "/" + path)
-
-
-async def first_model(session: aiohttp.ClientSession, base_url: str, api_key: str | None) -> str:
-    """The first model id of the server's ``/v1/models`` (raises ValueError when unreachable or empty)."""
-    url = api_url(base_url, "/v1/models")
-    try:
-        async with session.get(url, headers=auth_headers(api_key)) as resp:
-            if resp.status != 200:
-                raise ValueError(f"GET {url} returned HTTP {resp.status}: {(await resp.text())[:_ERROR_BODY_CHARS]}")
-            models = (await resp.json()).get("data") or []
-    except (TimeoutError, aiohttp.ClientError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot list models at {url}: {type(exc).__name__}: {exc}") from exc
-    if not models:
-        raise ValueError(f"{url} lists no models; pass --model")
-    return str(models[0]["id"])
 
 
 @dataclass
@@ -156,7 +152,7 @@ async def send_request(
     try:
         async with session.post(endpoint.url, json=payload, headers=endpoint.headers()) as resp:
             if resp.status != 200:
-                stream.error = f"HTTP {resp.status}: {(await resp.text())[:_ERROR_BODY_CHARS]}"
+                stream.error = f"HTTP {resp.status}: {error_message(await resp.text())}"
             else:
                 # Read to the end of the body even after [DONE] so the connection can be reused.
                 decoder = SSEDecoder()

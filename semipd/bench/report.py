@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from semipd.bench.failures import group_failures
 from semipd.bench.records import RequestRecord
 from semipd.bench.stats import BenchSummary, percentile_label
 
@@ -19,7 +19,7 @@ _TITLES: dict[str, tuple[str, str]] = {
     "itl": ("Inter-token Latency", "ITL"),
     "e2el": ("End-to-end Latency", "E2EL"),
 }
-MAX_LISTED_FAILURES = 20
+MAX_LISTED_CAUSES = 10
 
 
 def _line(label: str, value: object) -> str:
@@ -69,18 +69,18 @@ def format_summary(summary: BenchSummary, max_concurrency: int | None = None) ->
     return "\n".join(lines)
 
 
-def format_failures(records: Sequence[RequestRecord], limit: int = MAX_LISTED_FAILURES) -> str:
-    """Failed requests: counts per error, then up to `limit` requests with their error ('' if none)."""
+def format_failures(records: Sequence[RequestRecord], limit: int = MAX_LISTED_CAUSES) -> str:
+    """Failed requests: one line per cause (`semipd.bench.failures`) with its count and first message,
+    at most `limit` causes ('' when nothing failed). Every request's error is in the JSON result."""
     failed = [r for r in records if not r.success]
     if not failed:
         return ""
+    groups = group_failures(r.error for r in failed)
     lines = [_rule(f"Failed requests: {len(failed)}")]
-    for error, n in Counter(r.error for r in failed).most_common():
-        lines.append(f"{n:>6} x {error}")
-    lines.append("")
-    lines += [f"  request {r.index} (sent at {r.send_time:.3f} s): {r.error}" for r in failed[:limit]]
-    if len(failed) > limit:
-        lines.append(f"  ... and {len(failed) - limit} more (all of them in --output-json)")
+    lines += [f"{g.count:>6} x {g.example}" for g in groups[:limit]]
+    if len(groups) > limit:
+        rest = sum(g.count for g in groups[limit:])
+        lines.append(f"  ... {len(groups) - limit} more causes ({rest} requests; every error is in --output-json)")
     lines.append(_rule(""))
     return "\n".join(lines)
 

@@ -4,18 +4,23 @@ highest rate that still meets the attainment target (the server's SLO capacity).
 Every rate replays the same seeded draws: with a fixed number of prompts the same requests
 are sent at each rate, and gamma gaps scale as 1/rate, so a higher rate is the same arrival
 pattern compressed in time (common random numbers keep the curve smooth).
+
+Each point keeps its requests' records and the server's status before it (``semipd simulate
+--replay`` replays them). The sweep stops after a rate whose run stopped early (fail-fast,
+Ctrl-C) or whose every request failed: the higher rates would fare no better.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from semipd.bench.client import Endpoint
 from semipd.bench.datasets import BenchRequest
+from semipd.bench.failures import group_failures
+from semipd.bench.records import RequestRecord
 from semipd.bench.runner import RunConfig, arrival_rng, run_benchmark
 from semipd.bench.stats import BenchSummary, percentile_label, summarize
 from semipd.workload import gamma_arrivals
@@ -39,14 +44,25 @@ def parse_rates(text: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """One rate's result; `errors` counts failed requests per error message."""
+    """One rate's result; `errors` counts failed requests per cause (keyed by its first message)."""
 
     rate: float
     summary: BenchSummary
     errors: dict[str, int]
+    records: tuple[RequestRecord, ...] = ()
+    server_status: dict[str, Any] | None = None
+    """The server's ``/semipd/status`` before this rate, when it is ours."""
+    stopped: str = ""
+    """Why this rate's run stopped early ('' when it did not)."""
+
+    @property
+    def all_failed(self) -> bool:
+        return self.summary.num_requests > 0 and self.summary.completed == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"request_rate": self.rate, **self.summary.to_dict(), "errors": dict(self.errors)}
+        return {"request_rate": self.rate, **self.summary.to_dict(), "errors": dict(self.errors),
+                "stopped": self.stopped, "server_status": self.server_status,
+                "requests": [r.to_dict() for r in self.records]}
 
 
 @dataclass(frozen=True)
@@ -92,11 +108,14 @@ def run_sweep(
     duration_per_rate: float | None = None,
     percentiles: Sequence[float] = (50.0, 90.0, 99.0),
     on_point: Callable[[SweepPoint], None] | None = None,
+    server_status: Callable[[], dict[str, Any] | None] | None = None,
 ) -> list[SweepPoint]:
-    """Run each rate for `num_prompts` requests or `duration_per_rate` seconds of arrivals.
+    """Run each rate for `num_prompts` requests or `duration_per_rate` seconds of arrivals,
+    stopping early as the module docstring says.
 
     `build_requests(n)` makes n requests (called once for a fixed count, once per rate for
-    a duration). `on_point` is called after each rate, e.g. to print progress.
+    a duration). `on_point` is called after each rate, e.g. to print progress;
+    `server_status()` before each, for the point's record.
     """
     if not slos:
         raise ValueError("slos must not be empty: attainment needs targets (--goodput ttft:MS tpot:MS)")
@@ -112,13 +131,16 @@ def run_sweep(
         else:
             arrivals = gamma_arrivals(rate, burstiness, rng, duration=duration_per_rate)
             requests = build_requests(len(arrivals))
+        status = server_status() if server_status is not None else None
         result = run_benchmark(endpoint, requests, arrivals, config)
         summary = summarize(result.records, result.duration, slos, percentiles)
-        errors = Counter(r.error for r in result.records if not r.success)
-        point = SweepPoint(rate, summary, dict(errors))
+        errors = {g.example: g.count for g in group_failures(r.error for r in result.records if not r.success)}
+        point = SweepPoint(rate, summary, errors, result.records, status, result.stopped)
         points.append(point)
         if on_point is not None:
             on_point(point)
+        if point.stopped or point.all_failed:
+            break
     return points
 
 

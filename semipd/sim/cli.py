@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from semipd.sim.perf_model import get_perf_model, known_perf_models
+from semipd.sim.replay_cli import add_engine_arguments, run_replay, sim_engine_fields
 from semipd.sim.report import PlotUnavailableError, check_output_path, plot_timelines, policy_table
 from semipd.slo.constraints import SLOConstraints
 from semipd.traces import PUBLIC_TRACES, resolve_trace
@@ -53,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="synthetic output lengths: N, LO:HI (uniform) or lognormal:MEAN:MEDIAN")
 
     slo = parser.add_argument_group("SLO")
-    slo.add_argument("--slo-ttft-ms", type=float, default=200.0, help="TTFT target, ms")
-    slo.add_argument("--slo-tpot-ms", type=float, default=30.0, help="TPOT target, ms")
+    slo.add_argument("--slo-ttft-ms", type=float, help="TTFT target, ms (default 200; a replay: the server's)")
+    slo.add_argument("--slo-tpot-ms", type=float, help="TPOT target, ms (default 30; a replay: the server's)")
     slo.add_argument("--slo-percentile", type=float, default=90.0,
                      help="percentile of TTFT and TPOT the controller holds to the targets")
 
@@ -67,15 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "a model name, or a profile .json)")
     sim.add_argument("--switch-delay", type=float, default=0.0,
                      help="seconds an SM reallocation takes (0: green contexts; seconds: MPS process rotation)")
-    sim.add_argument("--monitoring-interval", type=float, default=5.0, help="controller period, seconds")
+    sim.add_argument("--monitoring-interval", type=float, help="controller period, seconds (default 5)")
     sim.add_argument("--window", type=float, default=30.0, help="metrics window, seconds")
-    sim.add_argument("--initial-prefill", type=float, default=50.0,
-                     help="prefill SM percentage the slo policies start from")
+    sim.add_argument("--initial-prefill", "--initial-prefill-sm-percent", dest="initial_prefill", type=float,
+                     help="prefill SM percentage the slo policies start from (default 50)")
     sim.add_argument("--seed", type=int, default=0)
 
     out = parser.add_argument_group("output")
     out.add_argument("--output-json", type=Path, help="write workload, SLO and per-policy summaries as JSON")
     out.add_argument("--plot", type=Path, metavar="FILE.png", help="plot the policies' timelines (needs matplotlib)")
+    add_engine_arguments(parser)
 
 
 def parse_length(spec: str, field: str) -> LengthDist:
@@ -126,7 +128,13 @@ def build_workload(args: argparse.Namespace) -> tuple[list[WorkloadRequest], dic
 def run(args: argparse.Namespace) -> int:
     from semipd.sim.runner import SimConfig, parse_policy, run_policy
 
+    if args.replay is not None:
+        return run_replay(args)
     out, err = Console(width=None if sys.stdout.isatty() else 132), Console(stderr=True, soft_wrap=True)
+    args.slo_ttft_ms = 200.0 if args.slo_ttft_ms is None else args.slo_ttft_ms
+    args.slo_tpot_ms = 30.0 if args.slo_tpot_ms is None else args.slo_tpot_ms
+    args.monitoring_interval = 5.0 if args.monitoring_interval is None else args.monitoring_interval
+    args.initial_prefill = 50.0 if args.initial_prefill is None else args.initial_prefill
     try:
         check_output_path(args.output_json, "--output-json")
         check_output_path(args.plot, "--plot")
@@ -138,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                              ttft_percentile=args.slo_percentile, tpot_percentile=args.slo_percentile)
         config = SimConfig(perf_model=args.perf_model, slo=slo, monitoring_interval=args.monitoring_interval,
                            window_size_seconds=args.window, switch_delay_s=args.switch_delay,
-                           initial_prefill_percentage=args.initial_prefill, seed=args.seed)
+                           initial_prefill_percentage=args.initial_prefill, seed=args.seed, **sim_engine_fields(args))
         workload, workload_info = build_workload(args)
     except ValueError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")

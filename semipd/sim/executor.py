@@ -13,6 +13,11 @@ prefill end (last chunk's iteration end), decode start (admission to a decode st
 completion; and the tokens of each decode step, in one bulk call per step
 (`SemiPDMetricsCollector.record_decode_step`: the hour-long trace has ~4M tokens, too many for
 one call each), which feeds the window's ITL and streaming TPOT.
+
+Engine costs (`semipd.sim.engine_costs`): subclasses add host time to their iterations;
+`frontend_s` shifts the first token and the completion the records report (the controller,
+like the engine's, sees engine-side times). With `collect_itl` the gaps between each
+request's tokens are kept for `itl_samples` (a replay compares them with a client's).
 """
 
 from __future__ import annotations
@@ -63,6 +68,18 @@ class SimExecutor(ABC):
         self._rng: random.Random | None = None
         self._noise_mu = 0.0
         self._noise_sigma = 0.0
+        self.frontend_s = 0.0
+        """Added to TTFT and completion in `records` (the request's way through an HTTP front end)."""
+        self._last_token: list[float] | None = None
+        self._itl: list[float] = []
+
+    def collect_itl(self) -> None:
+        """Keep every gap between two tokens of a request from now on (see `itl_samples`)."""
+        self._last_token = [0.0] * len(self.requests)
+
+    def itl_samples(self) -> list[float]:
+        """Gaps between consecutive tokens of each request, seconds, pooled (needs `collect_itl`)."""
+        return self._itl
 
     def set_time_noise(self, relative_std: float, seed: int) -> None:
         """Multiply every iteration time by a lognormal factor of mean 1 and this relative
@@ -133,6 +150,8 @@ class SimExecutor(ABC):
         k = self._index[request.rid]
         if self.first_token[k] is None:
             self.first_token[k] = t
+            if self._last_token is not None:
+                self._last_token[k] = t
             self.collector.record_first_token(request.rid, timestamp=t)
             self.collector.record_prefill_end(request.rid, timestamp=t)
         if request.is_finished:
@@ -147,6 +166,13 @@ class SimExecutor(ABC):
     def record_decode_step(self, requests: Sequence[Request], t: float) -> None:
         """The tokens a decode step gave `requests` at `t` (one each), in one collector call."""
         self.collector.record_decode_step([r.rid for r in requests], timestamp=t)
+        last = self._last_token
+        if last is not None:
+            index, gaps = self._index, self._itl
+            for r in requests:
+                k = index[r.rid]
+                gaps.append(t - last[k])
+                last[k] = t
 
     def record_completion(self, request: Request, t: float) -> None:
         """Record the end of a finished request (once; later calls do nothing)."""
@@ -196,8 +222,11 @@ class SimExecutor(ABC):
     def records(self) -> list[RequestRecord]:
         """One record per workload request, in workload order."""
         out: list[RequestRecord | None] = [None] * len(self.requests)
+        shift = self.frontend_s
         for k, r in enumerate(self.requests):
             ft, done = self.first_token[k], self.completion[k]
+            ft = None if ft is None else ft + shift
+            done = None if done is None else done + shift
             finished = done is not None
             ttft = (ft - r.arrival_time) * 1000.0 if ft is not None else None
             tpot = None

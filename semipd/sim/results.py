@@ -70,6 +70,8 @@ class SimResult:
     wall_time_s: float
     extra: dict[str, Any] = field(default_factory=dict)
     """Run facts beyond the contract: KV pool size, switch latencies, event counts."""
+    itl_s: list[float] = field(default_factory=list)
+    """Gaps between consecutive tokens of each request, seconds, pooled (``run_policy(collect_itl=True)``)."""
 
     def summary(self, slo: SLOConstraints) -> dict[str, Any]:
         """SLO attainment (both targets met, per request; a one-token output is judged on TTFT

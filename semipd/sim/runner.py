@@ -26,6 +26,7 @@ from semipd.sched import (
     UnifiedSchedulerConfig,
 )
 from semipd.sim.cycles import CycleRecorder
+from semipd.sim.engine_costs import EngineCosts
 from semipd.sim.executor import SimExecutor
 from semipd.sim.perf_model import PerfModel, get_perf_model
 from semipd.sim.policy import Policy, parse_policy
@@ -33,7 +34,7 @@ from semipd.sim.resource_manager import SimulatedResourceManager
 from semipd.sim.results import CycleRecord, RequestRecord, SimResult
 from semipd.sim.semipd_executor import SemiPDExecutor
 from semipd.sim.unified_executor import UnifiedExecutor
-from semipd.slo import SLOAwareResourceController, SLOConstraints
+from semipd.slo import CandidateBounds, SLOAwareResourceController, SLOConstraints
 from semipd.workload import WorkloadRequest
 
 ITL_SAMPLES = 1_000_000
@@ -55,7 +56,8 @@ class SimConfig:
     max_prefill_tokens: int = 8192
     """Prefill token budget per iteration (also unified's ``max_num_batched_tokens``)."""
     max_decode_batch: int = 256
-    """Largest decode batch (also unified's ``max_num_seqs``)."""
+    """The engine's ``max_num_seqs``: largest decode batch, most sequences in one prefill iteration,
+    and unified's most running requests."""
     slo: SLOConstraints = field(default_factory=SLOConstraints)
     """Targets the controller steers toward and the summary judges by."""
     monitoring_interval: float = 5.0
@@ -80,6 +82,16 @@ class SimConfig:
     """Controller cooldown after a reallocation (it also waits for a fresh window)."""
     iteration_time_noise: float = 0.0
     """Relative standard deviation of iteration times (lognormal, mean 1); 0: exact perf-model times."""
+    costs: EngineCosts = field(default_factory=EngineCosts)
+    """What the engine costs beyond the GPU kernels (host time, front end, its SM scaling); the
+    default is the GPU alone (`semipd.sim.engine_costs`)."""
+    decode_borrows_idle_prefill: bool = False
+    """Semi-PD decode steps run on every SM while the prefill scheduler has nothing to do (as the
+    engine's ``decode_borrows_idle_prefill``, on by default there)."""
+    min_prefill_percentage: float = 20.0
+    """Smallest prefill share the SLO controller may choose (its decode bound is 100 minus the other)."""
+    max_prefill_percentage: float = 80.0
+    """Largest prefill share the SLO controller may choose."""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_prefill_tokens", "max_decode_batch", "sm_granularity", "min_sms"):
@@ -105,6 +117,16 @@ class SimConfig:
             raise ValueError(f"kv_watermark must be in [0, 1), got {self.kv_watermark!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if not isinstance(self.costs, EngineCosts):
+            raise ValueError(f"costs must be an EngineCosts, got {type(self.costs).__name__}")
+        if not isinstance(self.decode_borrows_idle_prefill, bool):
+            raise ValueError(f"decode_borrows_idle_prefill must be a bool, got {self.decode_borrows_idle_prefill!r}")
+        for name in ("min_prefill_percentage", "max_prefill_percentage"):
+            if not _finite(getattr(self, name)) or not 0 < getattr(self, name) < 100:
+                raise ValueError(f"{name} must be in (0, 100), got {getattr(self, name)!r}")
+        if self.min_prefill_percentage > self.max_prefill_percentage:
+            raise ValueError(f"min_prefill_percentage must be <= max_prefill_percentage, got "
+                             f"{self.min_prefill_percentage} > {self.max_prefill_percentage}")
 
     def grid(self, perf: PerfModel) -> SMGrid:
         return SMGrid(perf.total_sms, self.sm_granularity, self.min_sms)
@@ -122,11 +144,14 @@ def _finite(x: object) -> bool:
 def run_policy(workload: Sequence[WorkloadRequest], policy: str | Policy, config: SimConfig,
                on_progress: Callable[[float], None] | None = None,
                on_cycle: Callable[[CycleRecord], None] | None = None,
-               perf: PerfModel | None = None) -> SimResult:
+               perf: PerfModel | None = None, collect_itl: bool = False) -> SimResult:
     """Simulate `workload` under `policy`. `on_progress(fraction done)` and `on_cycle(record)`
-    are called at every controller cycle. `perf` overrides ``config.perf_model`` (tests)."""
+    are called at every controller cycle. `perf` overrides ``config.perf_model`` (tests).
+    `collect_itl` keeps every gap between tokens in ``SimResult.itl_s``."""
     pol = policy if isinstance(policy, Policy) else parse_policy(policy)
-    perf = perf or get_perf_model(config.perf_model)
+    costs = config.costs
+    perf = costs.perf_model(perf or get_perf_model(config.perf_model))
+    host_s, host_per_seq_s = costs.host_step_s(perf), costs.host_per_seq_ms / 1e3
     grid = config.grid(perf)
     num_blocks = config.num_blocks(perf)
     allocator = BlockAllocator(num_blocks, config.block_size, int(config.kv_watermark * num_blocks))
@@ -140,22 +165,28 @@ def run_policy(workload: Sequence[WorkloadRequest], policy: str | Policy, config
     if pol.kind == "unified":
         sched = UnifiedScheduler(UnifiedSchedulerConfig(config.max_prefill_tokens, config.max_decode_batch), allocator)
         executor = UnifiedExecutor(workload, clock, collector, config.monitoring_interval, perf, sched,
-                                   on_progress=on_progress)
+                                   on_progress=on_progress, host_s=host_s, host_per_seq_s=host_per_seq_s)
     else:
         wanted = pol.allocation if pol.allocation is not None else SMAllocation(
             config.initial_prefill_percentage, 100.0 - config.initial_prefill_percentage)
         rm = SimulatedResourceManager(grid, grid.nearest(wanted), clock, config.switch_delay_s)
         rm.start()
-        prefill = PrefillScheduler(PrefillSchedulerConfig(config.max_prefill_tokens), allocator)
+        prefill = PrefillScheduler(PrefillSchedulerConfig(config.max_prefill_tokens, config.max_decode_batch),
+                                   allocator)
         decode = DecodeScheduler(DecodeSchedulerConfig(config.max_decode_batch), allocator, prefill.add_preempted)
         if pol.kind == "slo":
             controller = SLOAwareResourceController(
                 config.slo, collector, rm, config.monitoring_interval, predictor=pol.predictor,
-                cooldown_seconds=config.cooldown_seconds, clock=clock,
+                cooldown_seconds=config.cooldown_seconds, clock=clock, candidate_bounds=_bounds(config),
                 predictor_options=_predictor_options(pol.predictor, perf, config))
         executor = SemiPDExecutor(workload, clock, collector, config.monitoring_interval, perf, prefill, decode, rm,
-                                  on_progress=on_progress)
+                                  on_progress=on_progress, host_s=host_s, host_per_seq_s=host_per_seq_s,
+                                  prefill_host_per_seq_s=costs.prefill_host_per_seq_ms / 1e3,
+                                  decode_borrow=config.decode_borrows_idle_prefill)
     executor.set_time_noise(config.iteration_time_noise, config.seed)
+    executor.frontend_s = costs.frontend_ms / 1e3
+    if collect_itl:
+        executor.collect_itl()
     after_step = executor.note_reallocation if isinstance(executor, SemiPDExecutor) else None
     recorder = CycleRecorder(executor, collector, allocator, config.slo, rm, controller, on_cycle, after_step)
     executor.on_tick = recorder
@@ -187,7 +218,15 @@ def run_policy(workload: Sequence[WorkloadRequest], policy: str | Policy, config
         sim_duration_s=(max(ends) - start) if ends else 0.0,
         wall_time_s=wall,
         extra=extra,
+        itl_s=executor.itl_samples(),
     )
+
+
+def _bounds(config: SimConfig) -> CandidateBounds:
+    """The controller's bounds, as the engine derives them from its prefill range."""
+    lo, hi = config.min_prefill_percentage, config.max_prefill_percentage
+    return CandidateBounds(min_prefill_percentage=lo, max_prefill_percentage=hi,
+                           min_decode_percentage=100.0 - hi, max_decode_percentage=100.0 - lo)
 
 
 def _predictor_options(predictor: str | None, perf: PerfModel, config: SimConfig) -> dict | None:

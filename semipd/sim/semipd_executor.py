@@ -15,6 +15,14 @@ Hand-off: a request whose last chunk completes gets its first token at the prefi
 iteration's end (TTFT) and joins decode at the decode worker's next step boundary (at
 once if decode is idle). SM switches take effect per worker at its next iteration start
 (`SimulatedResourceManager`).
+
+Engine costs: each iteration starts with ``host_s`` of host work during which its GPU work has
+not begun (plus ``host_per_seq_s`` per sequence of a decode step, and ``prefill_host_per_seq_s``
+per sequence decoding when a prefill iteration starts); the interference factors slow the GPU
+part only (a worker in its host part still counts as busy when the other's speed is set: a
+simplification). With ``decode_borrow`` (the engine's default) a decode step that
+starts while the prefill scheduler has nothing queued or running runs on every SM; prefill work
+arriving meanwhile starts at once on its own SMs, beside that step.
 """
 
 from __future__ import annotations
@@ -33,7 +41,8 @@ from semipd.workload import WorkloadRequest
 class _Worker:
     """One phase's GPU worker: its running iteration and how fast it progresses."""
 
-    __slots__ = ("name", "batch", "work", "rate", "last", "start", "gen", "sms", "busy_time", "iterations")
+    __slots__ = ("name", "batch", "work", "rate", "last", "start", "gen", "sms", "busy_time", "iterations",
+                 "borrowed")
 
     def __init__(self, name: str, sms: int) -> None:
         self.name = name
@@ -42,12 +51,14 @@ class _Worker:
         """Remaining work of the running iteration, seconds at rate 1."""
         self.rate = 1.0
         self.last = 0.0
-        """When `work` was last brought up to date."""
+        """When `work` was last brought up to date (after the iteration's host part: GPU work starts then)."""
         self.start = 0.0
         self.gen = 0
         self.sms = sms
         self.busy_time = 0.0
         self.iterations = 0
+        self.borrowed = 0
+        """Iterations run on every SM (decode borrowing idle prefill SMs)."""
 
     @property
     def busy(self) -> bool:
@@ -61,9 +72,15 @@ class SemiPDExecutor(SimExecutor):
                  collector: SemiPDMetricsCollector, monitoring_interval: float, perf: PerfModel,
                  prefill: PrefillScheduler, decode: DecodeScheduler, rm: SimulatedResourceManager,
                  on_tick: Callable[[float], None] | None = None,
-                 on_progress: Callable[[float], None] | None = None) -> None:
+                 on_progress: Callable[[float], None] | None = None, *, host_s: float = 0.0,
+                 host_per_seq_s: float = 0.0, prefill_host_per_seq_s: float = 0.0,
+                 decode_borrow: bool = False) -> None:
         super().__init__(workload, clock, collector, monitoring_interval, on_tick, on_progress)
         self.perf = perf
+        self.host_s = host_s
+        self.host_per_seq_s = host_per_seq_s
+        self.prefill_host_per_seq_s = prefill_host_per_seq_s
+        self.decode_borrow = decode_borrow
         self.prefill = prefill
         self.decode = decode
         self.rm = rm
@@ -78,6 +95,7 @@ class SemiPDExecutor(SimExecutor):
 
     def stats(self) -> dict[str, float | int]:
         return {"prefill_iterations": self.p.iterations, "decode_steps": self.d.iterations,
+                "decode_borrowed_steps": self.d.borrowed,
                 "prefill_busy_s": self.p.busy_time, "decode_busy_s": self.d.busy_time}
 
     def system_state(self) -> tuple[int, int]:
@@ -128,7 +146,8 @@ class SemiPDExecutor(SimExecutor):
         chunks = batch.prefills
         self.record_prefill_starts(chunks, t)
         work = self.noisy(self.perf.prefill_time([(c.num_tokens, c.end) for c in chunks], self.p.sms))
-        self._begin(self.p, batch, work, t)
+        host = self.host_s + self.decode.num_running * self.prefill_host_per_seq_s
+        self._begin(self.p, batch, work, t, host)
 
     def _prefill_done(self, batch: Batch, t: float) -> None:
         handoffs = self.prefill.update(batch, None)
@@ -160,8 +179,12 @@ class SemiPDExecutor(SimExecutor):
             self._start_prefill(t)  # preempted requests came back to the prefill queue
         if batch.is_empty:
             return
-        work = self.noisy(self.perf.decode_time(len(batch.decodes), self.decode.num_running_tokens, self.d.sms))
-        self._begin(self.d, batch, work, t)
+        if self.decode_borrow and not self.p.busy and not self.prefill.has_work():
+            self.d.sms = self.perf.total_sms
+            self.d.borrowed += 1
+        n = len(batch.decodes)
+        work = self.noisy(self.perf.decode_time(n, self.decode.num_running_tokens, self.d.sms))
+        self._begin(self.d, batch, work, t, self.host_s + n * self.host_per_seq_s)
 
     def _decode_done(self, batch: Batch, t: float) -> None:
         finished = self.decode.update(batch, None)
@@ -188,14 +211,16 @@ class SemiPDExecutor(SimExecutor):
         fp, fd = self._slowdowns()
         return 1.0 / (fp if w is self.p else fd)
 
-    def _begin(self, w: _Worker, batch: Batch, work: float, t: float) -> None:
+    def _begin(self, w: _Worker, batch: Batch, work: float, t: float, host: float) -> None:
+        """Start an iteration at `t`: `host` seconds of host work, then `work` seconds of GPU work (alone)."""
         w.batch = batch
         w.work = work
-        w.last = w.start = t
+        w.start = t
+        w.last = t + host
         w.rate = self._rate(w)
         w.gen += 1
         w.iterations += 1
-        self.push(t + work / w.rate, END, (w, w.gen))
+        self.push(w.last + work / w.rate, END, (w, w.gen))
         self._retime(self.d if w is self.p else self.p, t)
 
     def _retime(self, w: _Worker, t: float) -> None:
@@ -205,8 +230,9 @@ class SemiPDExecutor(SimExecutor):
         rate = self._rate(w)
         if rate == w.rate:
             return
-        w.work -= (t - w.last) * w.rate
-        w.last = t
+        if t > w.last:  # in its GPU part: the work done so far went at the old rate
+            w.work -= (t - w.last) * w.rate
+            w.last = t
         w.rate = rate
         w.gen += 1
-        self.push(t + max(w.work, 0.0) / rate, END, (w, w.gen))
+        self.push(w.last + max(w.work, 0.0) / rate, END, (w, w.gen))

@@ -2,7 +2,8 @@
 batches (decodes plus chunked prefill) on the whole GPU, timed by ``perf.mixed_time``.
 
 A request whose last prefill chunk completes gets its first token at that batch's end
-and decodes from the next batch on (no hand-off: decode start = first token).
+and decodes from the next batch on (no hand-off: decode start = first token). Each batch
+starts with ``host_s`` of host work, plus ``host_per_seq_s`` per sequence in it (engine costs).
 """
 
 from __future__ import annotations
@@ -23,9 +24,12 @@ class UnifiedExecutor(SimExecutor):
     def __init__(self, workload: Sequence[WorkloadRequest], clock: VirtualClock,
                  collector: SemiPDMetricsCollector, monitoring_interval: float, perf: PerfModel,
                  scheduler: UnifiedScheduler, on_tick: Callable[[float], None] | None = None,
-                 on_progress: Callable[[float], None] | None = None) -> None:
+                 on_progress: Callable[[float], None] | None = None, *, host_s: float = 0.0,
+                 host_per_seq_s: float = 0.0) -> None:
         super().__init__(workload, clock, collector, monitoring_interval, on_tick, on_progress)
         self.perf = perf
+        self.host_s = host_s
+        self.host_per_seq_s = host_per_seq_s
         self.scheduler = scheduler
         self._batch: Batch | None = None
         self._start = 0.0
@@ -74,4 +78,5 @@ class UnifiedExecutor(SimExecutor):
         self._batch = batch
         self._start = t
         self.iterations += 1
-        self.push(t + duration, END)
+        host = self.host_s + (len(batch.decodes) + len(batch.prefills)) * self.host_per_seq_s
+        self.push(t + host + duration, END)
