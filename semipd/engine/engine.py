@@ -226,6 +226,7 @@ class Engine:
                 "capacity_tokens": self.allocator.capacity_tokens(),
             },
             "max_model_len": self.max_model_len,
+            "vocab_size": self.model_config.vocab_size,
             "max_num_seqs": cfg.max_num_seqs,
             "max_num_batched_tokens": cfg.max_num_batched_tokens,
             "cuda_graphs": None if gr is None else {
