@@ -7,7 +7,6 @@ goes through `APIError` and the handlers installed by `install_error_handlers`.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,17 +27,6 @@ _TYPES: dict[int, str] = {
     500: "server_error",
     503: "service_unavailable_error",
 }
-
-
-class ErrorResponse(JSONResponse):
-    """A JSON response that renders even when `content` holds strings UTF-8 cannot encode (lone
-    surrogates from a client's JSON escapes): those are written as ``\\uXXXX`` escapes."""
-
-    def render(self, content: Any) -> bytes:
-        try:
-            return super().render(content)
-        except UnicodeEncodeError:
-            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class APIError(Exception):
@@ -66,7 +54,7 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return ErrorResponse(self.body(), status_code=self.status_code, headers=self.headers or None)
+        return JSONResponse(self.body(), status_code=self.status_code, headers=self.headers or None)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
