@@ -17,11 +17,11 @@ BODY_BYTES_PER_TOKEN = 64
 BODY_ALLOWANCE_BYTES = 1 << 20
 """Body bytes allowed by default on top of the per-token share (options, chat message envelopes)."""
 MAX_CHARS_PER_TOKEN = 64
-"""Most characters one token is assumed to cover. A text prompt of more than ``max_model_len *
-MAX_CHARS_PER_TOKEN`` characters has more tokens than the context holds, so it is refused without
-tokenizing it. Real vocabularies stay far below this (their longest tokens are runs of spaces or
-punctuation of a few dozen characters); only a text made entirely of such runs could be refused
-while it would fit."""
+"""Most characters one token is assumed to cover, on average over a text. A text prompt of more than
+``max_model_len * MAX_CHARS_PER_TOKEN`` characters is taken to have more tokens than the context
+holds and is refused without tokenizing it. This is an assumption, not read from the tokenizer: a
+text made mostly of tokens longer than this (long runs of one character that a vocabulary merges)
+would be refused although it might fit."""
 DEFAULT_MAX_CHAT_MESSAGES = 4096
 DEFAULT_BODY_TIMEOUT_S = 60.0
 

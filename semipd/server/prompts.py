@@ -2,7 +2,7 @@
 messages through its chat template. Long texts are tokenized, and chat templates (whose cost
 grows with the number of messages as well as their text) always rendered, in a worker thread,
 never on the event loop. Callers refuse texts too long for the context before calling these
-(`semipd.server.limits.check_text_length`)."""
+(`semipd.server.sampling.check_text_length`)."""
 
 from __future__ import annotations
 

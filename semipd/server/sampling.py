@@ -54,7 +54,8 @@ def check_text_length(num_chars: int, max_model_len: int, param: str) -> None:
     if num_chars > limit:
         raise bad_request(
             f"This model's maximum context length is {max_model_len} tokens; a text of {num_chars} characters "
-            f"cannot fit it (at most {limit} characters are accepted).", param=param, code="context_length_exceeded")
+            f"is too long for it (at most {limit} characters are accepted).", param=param,
+            code="context_length_exceeded")
 
 
 def check_prompt_ids(ids: list[int], client: EngineClient, param: str) -> None:
