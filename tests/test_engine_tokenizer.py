@@ -4,6 +4,8 @@ file, chat templates, and incremental detokenization of multi-byte text."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,19 @@ def test_encode_decode_round_trip(model_dir: Path) -> None:
     assert ids[0] == 0 and tok.encode(TEXT, add_special_tokens=False) == ids[1:]
     assert tok.decode(ids) == TEXT
     assert tok.eos_token_ids == (1, 2)
+
+
+def test_long_texts_are_tokenized_without_holding_the_gil(model_dir: Path) -> None:
+    tok = HFTokenizer(model_dir)
+    text = "hello world tokens stream one by one " * 20_000
+    assert tok.encode(text) == Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(text).ids
+    ticks = 0
+    worker = threading.Thread(target=tok.encode, args=(text,))
+    worker.start()
+    while worker.is_alive():
+        time.sleep(0.001)
+        ticks += 1
+    assert ticks > 10  # this thread kept running while the other tokenized
 
 
 def test_chat_template(model_dir: Path) -> None:

@@ -7,7 +7,8 @@ import argparse
 import pytest
 
 from semipd.cli import build_parser
-from semipd.server.cli import engine_kwargs, run
+from semipd.server.cli import engine_kwargs, run, server_limits
+from semipd.server.limits import ServerLimits
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -20,6 +21,16 @@ def test_defaults_bind_localhost_and_leave_engine_defaults(monkeypatch: pytest.M
     args = parse("--model", "tiny-llama")
     assert (args.host, args.port, args.max_waiting, args.api_key) == ("127.0.0.1", 8000, 1024, None)
     assert engine_kwargs(args) == {"model": "tiny-llama"}
+
+
+def test_limit_options() -> None:
+    args = parse("--model", "m")
+    assert server_limits(args) == ServerLimits()
+    assert args.allowed_origins == [] and args.request_header_timeout_s == 30.0
+    args = parse("--model", "m", "--max-body-bytes", "5000", "--max-chat-messages", "8", "--request-body-timeout-s",
+                 "2.5", "--request-header-timeout-s", "4", "--allowed-origins", "https://a.example, https://b.example")
+    assert server_limits(args) == ServerLimits(max_body_bytes=5000, max_chat_messages=8, body_timeout_s=2.5)
+    assert args.allowed_origins == ["https://a.example", "https://b.example"] and args.request_header_timeout_s == 4
 
 
 def test_engine_options_pass_through() -> None:
@@ -41,7 +52,8 @@ def test_api_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("argv", [
     ("--model", "m", "--port", "70000"), ("--model", "m", "--max-num-seqs", "0"),
     ("--model", "m", "--gpu-memory-utilization", "1.5"), ("--model", "m", "--mode", "fast"),
-    ("--model", "m", "--max-waiting", "-1"), ("--port", "80",),
+    ("--model", "m", "--max-waiting", "-1"), ("--port", "80",), ("--model", "m", "--max-body-bytes", "0"),
+    ("--model", "m", "--request-body-timeout-s", "0"), ("--model", "m", "--allowed-origins", " , "),
 ])
 def test_invalid_arguments_exit(argv: tuple[str, ...]) -> None:
     with pytest.raises(SystemExit):

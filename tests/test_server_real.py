@@ -3,6 +3,7 @@ driven by the official `openai` client, raw HTTP and schemathesis."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
@@ -67,7 +68,8 @@ def servers() -> Iterator[tuple[ServeProcess, ServeProcess]]:
     """The main server, and one with a waiting queue of 1 and an API key; started side by side."""
     procs = (ServeProcess("--max-model-len", str(MAX_MODEL_LEN), "--num-kv-blocks", "64", "--block-size", "16"),
              ServeProcess("--max-num-seqs", "1", "--max-waiting", "1", "--max-model-len", "2048",
-                          "--num-kv-blocks", "256", api_key="k3y"))
+                          "--num-kv-blocks", "256", "--max-body-bytes", "50000", "--max-chat-messages", "3",
+                          "--allowed-origins", "https://app.example", api_key="k3y"))
     try:
         for proc in procs:
             proc.wait_ready()
@@ -188,6 +190,40 @@ def test_metrics(server: ServeProcess) -> None:
         assert name in text, name
     ttft = next(line for line in text.splitlines() if line.startswith("semipd:time_to_first_token_seconds_count"))
     assert float(ttft.split()[-1]) >= 1
+
+
+def test_gauges_return_to_zero_after_dropped_streams(server: ServeProcess) -> None:
+    async def drop_streams(n: int) -> None:
+        async def one(client: httpx.AsyncClient) -> None:
+            body = {"prompt": "x", "max_tokens": 60, "ignore_eos": True, "stream": True}
+            async with client.stream("POST", "/v1/completions", json=body) as resp:
+                async for line in resp.aiter_lines():
+                    if line.startswith("data: "):
+                        break
+
+        async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=httpx.Limits(max_connections=n)) as c:
+            await asyncio.gather(*(one(c) for _ in range(n)))
+
+    def gauges() -> dict[str, float]:
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+        names = ("semipd:num_requests_running", "semipd:num_requests_waiting", "semipd:kv_cache_usage_perc")
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith(names)}
+
+    asyncio.run(drop_streams(12))
+    assert wait_until(lambda: not any(gauges().values()), timeout=3, interval=0.1), gauges()
+
+
+def test_limit_flags(servers: tuple[ServeProcess, ServeProcess]) -> None:
+    proc = servers[1]
+    url, auth = proc.url, proc.headers
+    resp = httpx.post(f"{url}/v1/completions", json={"prompt": "x" * 60_000}, headers=auth, timeout=10)
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+    chat = {"messages": [{"role": "user", "content": "x"}] * 4}
+    resp = httpx.post(f"{url}/v1/chat/completions", json=chat, headers=auth, timeout=10)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "messages"
+    preflight = httpx.options(f"{url}/v1/completions", timeout=10, headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == "https://app.example"
 
 
 def test_queue_limit_and_api_key(servers: tuple[ServeProcess, ServeProcess]) -> None:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import uvicorn
 
 from semipd.allocation import SMAllocation
@@ -161,15 +162,16 @@ class FakeSemiPDEngine(FakeAsyncEngine):
 
 
 class ServerThread:
-    """A uvicorn server for `app` on 127.0.0.1 and a free port, in a background thread."""
+    """A uvicorn server for `app` on 127.0.0.1 and a free port, in a background thread; `options`
+    go to ``uvicorn.Config``."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, **options: Any) -> None:
         # With the protocol set, asyncio sets TCP_NODELAY on accepted connections.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2, **options)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
@@ -188,8 +190,8 @@ class ServerThread:
 
 
 @contextmanager
-def running(app: Any) -> Iterator[ServerThread]:
-    server = ServerThread(app)
+def running(app: Any, **options: Any) -> Iterator[ServerThread]:
+    server = ServerThread(app, **options)
     server.start()
     try:
         yield server
@@ -205,3 +207,66 @@ def wait_until(predicate: Any, timeout: float = 5.0, interval: float = 0.01) -> 
             return bool(predicate())
         time.sleep(interval)
     return True
+
+
+def send_raw(port: int, parts: list[bytes], pause: float = 0.0, timeout: float = 10.0) -> tuple[int, bytes]:
+    """Send `parts` on a new connection (`pause` seconds apart; stops early if the server closes), then
+    read until the server closes it. Returns (bytes of `parts` sent, what the server answered; b"" if it
+    reset the connection before anything could be read)."""
+    sent = 0
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            for part in parts:
+                sock.sendall(part)
+                sent += len(part)
+                if pause:
+                    time.sleep(pause)
+        except OSError:
+            pass
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    return sent, answer
+
+
+def status_of(answer: bytes) -> int | None:
+    """The status code of a raw HTTP answer (None if there is none)."""
+    if not answer.startswith(b"HTTP/1.1 "):
+        return None
+    return int(answer.split(b" ", 2)[1])
+
+
+class HealthProbe:
+    """Polls /health in a background thread while in a `with` block (at least 10 times); `latencies`
+    in seconds."""
+
+    def __init__(self, url: str, interval: float = 0.02) -> None:
+        self.url = url
+        self.interval = interval
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                t = time.perf_counter()
+                assert client.get("/health").status_code == 200
+                self.latencies.append(time.perf_counter() - t)
+                time.sleep(self.interval)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wait_until(lambda: len(self.latencies) >= 10, timeout=30)
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    @property
+    def p50(self) -> float:
+        return sorted(self.latencies)[len(self.latencies) // 2]

@@ -15,6 +15,9 @@ import jinja2
 import jinja2.ext
 import jinja2.sandbox
 
+LONG_TEXT_CHARS = 16_384
+"""Texts longer than this are tokenized without holding the GIL (the API server tokenizes them in a
+worker thread, and its event loop must keep running meanwhile)."""
 BYTE_CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -97,6 +100,8 @@ class HFTokenizer(Tokenizer):
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if len(text) > LONG_TEXT_CHARS:  # encode holds the GIL throughout; encode_batch lets other threads run
+            return self._tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:

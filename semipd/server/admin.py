@@ -22,6 +22,7 @@ from semipd.engine.core.interface import EngineUnavailableError, NoPartitionsErr
 from semipd.server.errors import APIError, bad_request
 from semipd.server.openai_api import server_state
 from semipd.server.protocol import Number, StrictBody
+from semipd.server.request_body import openapi_body, parse_body
 
 router = APIRouter()
 
@@ -49,8 +50,9 @@ async def status(request: Request) -> Any:
     return jsonable(server_state(request).client.get_status())
 
 
-@router.post("/semipd/allocation")
-async def set_allocation(body: AllocationRequest, request: Request) -> Any:
+@router.post("/semipd/allocation", openapi_extra=openapi_body(AllocationRequest))
+async def set_allocation(request: Request) -> Any:
+    body = await parse_body(request, AllocationRequest)
     client = server_state(request).client
     try:
         requested = SMAllocation(float(body.prefill_percentage), float(body.decode_percentage))

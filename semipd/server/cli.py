@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import logging
 import os
 import sys
 from typing import Any
 
 from semipd.engine.semi_pd.config import add_semipd_arguments, semipd_config_from_args
+from semipd.server.http_protocol import DEFAULT_HEAD_TIMEOUT_S, uvicorn_options
+from semipd.server.limits import (
+    BODY_ALLOWANCE_BYTES,
+    BODY_BYTES_PER_TOKEN,
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_CHAT_MESSAGES,
+    ServerLimits,
+)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 CORE_DEATH_GRACE_S = 1.0
@@ -39,6 +46,20 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number in 0..65535, got {value}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _origins(text: str) -> list[str]:
+    origins = [origin.strip() for origin in text.split(",") if origin.strip()]
+    if not origins:
+        raise argparse.ArgumentTypeError("give at least one origin (or '*')")
+    return origins
 
 
 def _fraction(text: str) -> float:
@@ -76,7 +97,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--api-key", default=os.environ.get("SEMIPD_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on every route but /health "
                              "(default: $SEMIPD_API_KEY)")
+    server.add_argument("--allowed-origins", type=_origins, default=[],
+                        help="comma-separated origins browsers may call the API from (CORS; '*': any)")
     server.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    limits = parser.add_argument_group("request limits (docs/HARDENING.md)")
+    limits.add_argument("--max-body-bytes", type=_positive_int,
+                        help=f"largest request body, else 413 (default: {BODY_BYTES_PER_TOKEN} bytes per token of "
+                             f"--max-model-len + {BODY_ALLOWANCE_BYTES >> 20} MiB)")
+    limits.add_argument("--max-chat-messages", type=_positive_int, default=DEFAULT_MAX_CHAT_MESSAGES,
+                        help="most messages in one chat request, else 400 (default %(default)s)")
+    limits.add_argument("--request-body-timeout-s", type=_positive_float, default=DEFAULT_BODY_TIMEOUT_S,
+                        help="seconds to receive a whole request body, else 408 (default %(default)s)")
+    limits.add_argument("--request-header-timeout-s", type=_positive_float, default=DEFAULT_HEAD_TIMEOUT_S,
+                        help="seconds to receive a request line and headers, else 408 and the connection "
+                             "closes (default %(default)s)")
     add_semipd_arguments(parser)
 
 
@@ -85,14 +119,10 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in ENGINE_OPTIONS if getattr(args, name, None) is not None}
 
 
-def _uvicorn_options() -> dict[str, str]:
-    """uvloop and httptools when installed (the ``server`` extra has them), else uvicorn's defaults."""
-    options = {}
-    if importlib.util.find_spec("uvloop") is not None:
-        options["loop"] = "uvloop"
-    if importlib.util.find_spec("httptools") is not None:
-        options["http"] = "httptools"
-    return options
+def server_limits(args: argparse.Namespace) -> ServerLimits:
+    """The request limits the user gave."""
+    return ServerLimits(max_body_bytes=args.max_body_bytes, max_chat_messages=args.max_chat_messages,
+                        body_timeout_s=args.request_body_timeout_s)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,9 +148,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"semipd serve: {exc}", file=sys.stderr)
         return 2
-    app = create_app(client, args.served_model_name or args.model, api_key=args.api_key)
+    app = create_app(client, args.served_model_name or args.model, api_key=args.api_key,
+                     limits=server_limits(args), allowed_origins=args.allowed_origins)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=5, **_uvicorn_options()))
+                                           timeout_graceful_shutdown=5,
+                                           **uvicorn_options(head_timeout_s=args.request_header_timeout_s)))
 
     def exit_soon() -> None:  # let the failed requests' errors reach their clients, then stop serving
         asyncio.get_running_loop().call_later(CORE_DEATH_GRACE_S, setattr, server, "should_exit", True)

@@ -18,6 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
 
+CLIENT_CLOSED_REQUEST = 499
+"""Status logged for requests whose client left before the answer (nobody receives it)."""
+
 _TYPES: dict[int, str] = {
     401: "authentication_error",
     404: "not_found_error",

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 
 from semipd.engine.core.interface import EngineClient
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
-from semipd.server.errors import APIError
+from semipd.server.errors import CLIENT_CLOSED_REQUEST, APIError
 from semipd.server.generation import (
     SSE_DONE,
     ClientDisconnected,
@@ -29,19 +29,19 @@ from semipd.server.generation import (
     cancel_on_disconnect,
     sse,
 )
+from semipd.server.limits import ServerLimits
 from semipd.server.prompts import chat_prompt_ids
 from semipd.server.protocol import ChatCompletionRequest, CompletionRequest
+from semipd.server.request_body import openapi_body, parse_body
 from semipd.server.sampling import (
     COMPLETION_DEFAULT_MAX_TOKENS,
     check_model,
     check_prompt_ids,
     check_supported,
+    check_text_length,
     completion_prompt_ids,
     sampling_params,
 )
-
-CLIENT_CLOSED_REQUEST = 499
-"""Status logged for requests whose client left before the answer (nobody receives it)."""
 
 
 @dataclass
@@ -51,6 +51,7 @@ class ServerState:
     client: EngineClient
     served_model_name: str
     created: int
+    limits: ServerLimits
 
 
 def server_state(request: Request) -> ServerState:
@@ -196,10 +197,11 @@ def _include_usage(body: CompletionRequest | ChatCompletionRequest) -> bool:
 router = APIRouter()
 
 
-@router.post("/v1/completions")
-async def create_completion(body: CompletionRequest, request: Request) -> Response:
+@router.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
+async def create_completion(request: Request) -> Response:
     arrival = time.monotonic()
     state = server_state(request)
+    body = await parse_body(request, CompletionRequest)
     check_model(body, state.served_model_name)
     check_supported(body)
     ids = await completion_prompt_ids(body, state.client)
@@ -209,13 +211,15 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     return await _respond(request, state.client, ids, params, body.stream, fmt, arrival)
 
 
-@router.post("/v1/chat/completions")
-async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+@router.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
+async def create_chat_completion(request: Request) -> Response:
     arrival = time.monotonic()
     state = server_state(request)
+    body = await parse_body(request, ChatCompletionRequest, {"messages": state.limits.max_chat_messages})
     check_model(body, state.served_model_name)
     check_supported(body)
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+    check_text_length(sum(len(m["content"]) for m in messages), state.client.max_model_len, "messages")
     ids = await chat_prompt_ids(state.client, messages)
     check_prompt_ids(ids, state.client, "messages")
     if body.max_completion_tokens is not None:

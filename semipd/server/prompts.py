@@ -1,6 +1,8 @@
 """Prompts to token ids in the API process: text through the engine client's tokenizer, chat
-messages through its chat template. Long inputs are tokenized in a worker thread, never on the
-event loop."""
+messages through its chat template. Long texts are tokenized, and chat templates (whose cost
+grows with the number of messages as well as their text) always rendered, in a worker thread,
+never on the event loop. Callers refuse texts too long for the context before calling these
+(`semipd.server.sampling.check_text_length`)."""
 
 from __future__ import annotations
 
@@ -36,8 +38,6 @@ async def chat_prompt_ids(client: EngineClient, messages: list[dict[str, str]]) 
         return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
 
     try:
-        if sum(len(m["content"]) for m in messages) > LONG_PROMPT_CHARS:
-            return await asyncio.to_thread(render)
-        return render()
+        return await asyncio.to_thread(render)
     except Exception as exc:  # template errors (jinja2 raise_exception, missing template) are the input's fault
         raise bad_request(f"cannot apply the chat template: {exc}", param="messages") from None

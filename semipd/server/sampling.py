@@ -6,6 +6,7 @@ from __future__ import annotations
 from semipd.engine.core.interface import EngineClient
 from semipd.engine.sampling_params import SamplingParams
 from semipd.server.errors import APIError, bad_request
+from semipd.server.limits import max_text_chars
 from semipd.server.prompts import encode
 from semipd.server.protocol import CompletionRequest, SamplingBody, unsupported_options
 
@@ -37,20 +38,35 @@ async def completion_prompt_ids(body: CompletionRequest, client: EngineClient) -
         if len(prompt) != 1:
             raise bad_request(f"only one prompt per request is supported, got {len(prompt)}", param="prompt")
         prompt = prompt[0]
-    ids = await encode(client, prompt) if isinstance(prompt, str) else list(prompt)
+    if isinstance(prompt, str):
+        check_text_length(len(prompt), client.max_model_len, "prompt")
+        ids = await encode(client, prompt)
+    else:
+        ids = list(prompt)
     check_prompt_ids(ids, client, "prompt")
     return ids
+
+
+def check_text_length(num_chars: int, max_model_len: int, param: str) -> None:
+    """400 (``context_length_exceeded``, naming `param`) for a text too long to fit the context whatever
+    its tokens (`semipd.server.limits.MAX_CHARS_PER_TOKEN`): refused without tokenizing it."""
+    limit = max_text_chars(max_model_len)
+    if num_chars > limit:
+        raise bad_request(
+            f"This model's maximum context length is {max_model_len} tokens; a text of {num_chars} characters "
+            f"is too long for it (at most {limit} characters are accepted).", param=param,
+            code="context_length_exceeded")
 
 
 def check_prompt_ids(ids: list[int], client: EngineClient, param: str) -> None:
     if not ids:
         raise bad_request("the prompt is empty", param=param)
-    if max(ids) >= client.vocab_size:
-        raise bad_request(f"token id {max(ids)} is out of the vocabulary (size {client.vocab_size})", param=param)
     if len(ids) >= client.max_model_len:
         raise bad_request(
             f"This model's maximum context length is {client.max_model_len} tokens; the prompt has {len(ids)} "
             "tokens, which leaves no room for output.", param=param, code="context_length_exceeded")
+    if max(ids) >= client.vocab_size:
+        raise bad_request(f"token id {max(ids)} is out of the vocabulary (size {client.vocab_size})", param=param)
 
 
 def sampling_params(body: SamplingBody, num_prompt_tokens: int, client: EngineClient,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import multiprocessing
 import os
 import shutil
@@ -283,12 +282,6 @@ class EngineCoreClient(EngineClient):
         self._send(m.AbortRequests([rid]))
         self._send(m.ClientEvents([], [], [], [(rid, now)]))
 
-    def retry_after_s(self) -> float:
-        """Seconds a refused client should wait: about what a request that queues now waits for its
-        first token (the recent median TTFT), at least 1."""
-        ttft_ms = self.metrics_collector.get_current_window_metrics().ttft_p50
-        return max(1.0, math.ceil(ttft_ms / 1000.0))
-
     # -- outputs --------------------------------------------------------------------------------
     async def _read_outputs(self) -> None:
         assert self._output is not None
@@ -385,11 +378,7 @@ class EngineCoreClient(EngineClient):
     def _on_status(self, msg: m.StatusSnapshot) -> None:
         status = msg.status
         self._status, self._status_time = status, msg.time
-        alloc = status.get("allocation")
-        kv = status.get("kv_cache") or {}
-        self.metrics_collector.record_system_metrics(
-            int(status.get("num_running", 0)), int(status.get("num_waiting", 0)), float(kv.get("usage", 0.0)),
-            SMAllocation(alloc["prefill_percentage"], alloc["decode_percentage"]) if alloc else None)
+        self.record_status_metrics(status)
         for callback in self._status_callbacks:
             callback(status)
 

@@ -8,6 +8,7 @@ Torch-free, like everything the API process imports.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
@@ -93,3 +94,20 @@ class EngineClient(ABC):
     @abstractmethod
     def num_waiting(self) -> int:
         """Requests accepted that have no token yet (queued or in prefill)."""
+
+    # -- shared by the implementations --------------------------------------------------------
+    def retry_after_s(self) -> float:
+        """Seconds a client refused for a full queue should wait: about what a request that queues
+        now waits for its first token (the recent median TTFT), at least 1."""
+        ttft_ms = self.metrics_collector.get_current_window_metrics().ttft_p50
+        return max(1.0, math.ceil(ttft_ms / 1000.0))
+
+    def record_status_metrics(self, status: dict[str, Any]) -> None:
+        """Feed an engine status snapshot's queue, KV and SM figures to `metrics_collector`, whose
+        latest system metrics are the Prometheus gauges. Snapshots are taken whether or not the
+        engine steps, so the gauges fall back to 0 once aborted requests have left the engine."""
+        alloc = status.get("allocation")
+        kv = status.get("kv_cache") or {}
+        self.metrics_collector.record_system_metrics(
+            int(status.get("num_running", 0)), int(status.get("num_waiting", 0)), float(kv.get("usage", 0.0)),
+            SMAllocation(alloc["prefill_percentage"], alloc["decode_percentage"]) if alloc else None)
