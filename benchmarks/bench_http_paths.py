@@ -31,6 +31,15 @@ def bench(url: str, out: Path, extra: list[str]) -> dict:
     return json.loads(out.read_text())
 
 
+def _summary(value: object) -> object:
+    """`value` without its per-request records (the summaries stay small enough to keep)."""
+    if isinstance(value, dict):
+        return {k: _summary(v) for k, v in value.items() if k not in ("requests", "records")}
+    if isinstance(value, list):
+        return [_summary(v) for v in value]
+    return value
+
+
 def run(label: str, root: Path, config: str, args: argparse.Namespace, port: int) -> dict:
     out = Path(args.out_dir)
     url = f"http://127.0.0.1:{port}"
@@ -44,11 +53,16 @@ def run(label: str, root: Path, config: str, args: argparse.Namespace, port: int
             result: dict = {"label": label, "root": str(root), "config": config,
                             "startup_seconds": round(time.monotonic() - start, 1)}
             tokens = ["--random-token-range", args.token_range] if args.token_range else []
+            if args.warmup_prompts:  # compile every kernel variant the load needs before measuring
+                bench(url, out / f"{label}-warmup.json", [
+                    "--dataset-name", "trace", "--trace-path", args.trace, "--trace-max-input-len", "7000",
+                    "--trace-max-output-len", "1024", "--num-prompts", str(args.warmup_prompts),
+                    "--request-rate", "20", *tokens])
             single = bench(url, out / f"{label}-single.json", [
                 "--dataset-name", "random", "--random-input-len", "512", "--random-output-len", "256",
                 "--random-range-ratio", "0", "--num-prompts", "3", "--max-concurrency", "1", "--request-rate", "inf",
                 *tokens])
-            result["single"] = single.get("summary", single)
+            result["single"] = _summary(single.get("summary", single))
             sweep_out = out / f"{label}-sweep.json"
             subprocess.run([sys.executable, "-m", "semipd", "bench", "sweep", "--base-url", url, "--dataset-name",
                             "trace", "--trace-path", args.trace, "--trace-max-input-len", "7000",
@@ -56,7 +70,7 @@ def run(label: str, root: Path, config: str, args: argparse.Namespace, port: int
                             "--duration-per-rate", str(args.duration), "--goodput", "ttft:300", "tpot:40",
                             "--output-json", str(sweep_out), "--no-plot", "--no-progress", *tokens],
                            check=True, cwd=ROOT)
-            result["sweep"] = json.loads(sweep_out.read_text())
+            result["sweep"] = _summary(json.loads(sweep_out.read_text()))
             return result
         finally:
             server.terminate()
@@ -78,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8200)
     ap.add_argument("--startup-timeout", type=float, default=600.0)
     ap.add_argument("--token-range", help="prompt token ids LO:HI (default: the bench client's)")
+    ap.add_argument("--warmup-prompts", type=int, default=0,
+                    help="trace requests at 20 req/s sent before measuring (not reported)")
     args = ap.parse_args(argv)
     args.trace = str(Path(args.trace).resolve())
     args.out_dir = str(Path(args.out_dir).resolve())
