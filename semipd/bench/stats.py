@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from semipd.bench.goodput import meets_slos
+from semipd.bench.pace import WindowStats, window_stats
 from semipd.bench.records import RequestRecord
 from semipd.metrics.aggregated import percentile
 
@@ -126,6 +127,8 @@ class BenchSummary:
     good_requests: int | None = None
     request_goodput: float | None = None
     slo_attainment: float | None = None
+    window: WindowStats | None = None
+    """Throughput by arrival window and whether completions kept pace (`semipd.bench.pace`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Flat keys in the style of ``vllm bench serve --save-result`` (e.g. ``p99_ttft_ms``)."""
@@ -146,6 +149,8 @@ class BenchSummary:
             "request_goodput": self.request_goodput,
             "slo_attainment": self.slo_attainment,
         }
+        if self.window is not None:
+            out.update(self.window.to_dict())
         for name, st in self.metrics.items():
             out[f"count_{name}"] = st.count
             out[f"mean_{name}_ms"] = st.mean
@@ -162,8 +167,10 @@ def summarize(
     slos: dict[str, float] | None = None,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
     metrics: Sequence[str] = METRICS,
+    arrival_window_s: float | None = None,
 ) -> BenchSummary:
-    """Summarize a run of `records` that took `duration` seconds (first send to last reply)."""
+    """Summarize a run of `records` that took `duration` seconds (first send to last reply) and whose
+    requests arrived over `arrival_window_s` seconds (default: the span of their scheduled sends)."""
     if duration <= 0:
         raise ValueError(f"duration must be > 0, got {duration}")
     ok = [r for r in records if r.success]
@@ -187,4 +194,5 @@ def summarize(
         good_requests=good,
         request_goodput=None if good is None else good / duration,
         slo_attainment=None if good is None else (good / len(records) if records else 0.0),
+        window=window_stats(records, arrival_window_s),
     )

@@ -20,6 +20,7 @@ from typing import Any
 from semipd.bench.client import Endpoint
 from semipd.bench.datasets import BenchRequest
 from semipd.bench.failures import group_failures
+from semipd.bench.pace import PACE_THRESHOLD
 from semipd.bench.records import RequestRecord
 from semipd.bench.runner import RunConfig, arrival_rng, run_benchmark
 from semipd.bench.stats import BenchSummary, percentile_label, summarize
@@ -77,7 +78,9 @@ class Capacity:
 
 
 def find_capacity(points: Sequence[SweepPoint], target: float) -> Capacity:
-    """Capacity of ascending-rate `points` at an attainment `target` in (0, 1]."""
+    """Capacity of ascending-rate `points` at an attainment `target` in (0, 1]. A rate is held when
+    its attainment meets the target and its completions kept pace with its arrivals
+    (`semipd.bench.pace`); a rate that fell behind counts as attainment 0 for the interpolation."""
     if not 0.0 < target <= 1.0:
         raise ValueError(f"target must be in (0, 1], got {target}")
     previous: SweepPoint | None = None
@@ -85,6 +88,9 @@ def find_capacity(points: Sequence[SweepPoint], target: float) -> Capacity:
         attained = point.summary.slo_attainment
         if attained is None:
             raise ValueError("sweep points need SLOs (slo_attainment is None)")
+        window = point.summary.window
+        if window is not None and not window.keeps_pace:
+            attained = 0.0
         if attained < target:
             if previous is None:
                 return Capacity(None, None, False)
@@ -133,7 +139,7 @@ def run_sweep(
             requests = build_requests(len(arrivals))
         status = server_status() if server_status is not None else None
         result = run_benchmark(endpoint, requests, arrivals, config)
-        summary = summarize(result.records, result.duration, slos, percentiles)
+        summary = summarize(result.records, result.duration, slos, percentiles, arrival_window_s=duration_per_rate)
         errors = {g.example: g.count for g in group_failures(r.error for r in result.records if not r.success)}
         point = SweepPoint(rate, summary, errors, result.records, status, result.stopped)
         points.append(point)
@@ -149,19 +155,24 @@ def format_sweep_table(points: Sequence[SweepPoint]) -> str:
     if not points:
         return ""
     pcts = [p for p, _ in points[0].summary.metrics["ttft"].percentiles]
-    header = ["rate", "sent", "failed", "req/s", "goodput", "attain"]
+    header = ["rate", "sent", "failed", "req/s", "window req/s", "pace", "goodput", "attain"]
     header += [f"TTFT {percentile_label(p)}" for p in pcts] + [f"TPOT {percentile_label(p)}" for p in pcts]
     rows = [header]
     for pt in points:
         s = pt.summary
+        w = s.window
+        pace = "-" if w is None or w.late_completion_ratio is None else f"{w.late_completion_ratio:.2f}"
         row = [f"{pt.rate:g}", str(s.num_requests), str(s.failed), f"{s.request_throughput:.2f}",
+               "-" if w is None else f"{w.window_request_throughput:.2f}", pace,
                f"{s.request_goodput or 0.0:.2f}", f"{s.slo_attainment or 0.0:.3f}"]
         row += [f"{v:.1f}" for _, v in s.metrics["ttft"].percentiles]
         row += [f"{v:.2f}" for _, v in s.metrics["tpot"].percentiles]
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines) + "\n(TTFT and TPOT in ms)"
+    return "\n".join(lines) + ("\n(TTFT and TPOT in ms; window req/s: requests that arrived in the rate's window "
+                               f"and completed, over the window; pace: completions / arrivals over the window's "
+                               f"second half, a rate is held only at >= {PACE_THRESHOLD})")
 
 
 def format_capacity(capacity: Capacity, target: float, slos: dict[str, float]) -> str:
