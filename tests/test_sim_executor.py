@@ -8,6 +8,7 @@ import pytest
 from semipd.allocation import SMGrid
 from semipd.clock import VirtualClock
 from semipd.metrics.collector import SemiPDMetricsCollector
+from semipd.perf.registry import get_perf_model
 from semipd.sched import (
     BlockAllocator,
     DecodeScheduler,
@@ -17,7 +18,6 @@ from semipd.sched import (
     UnifiedScheduler,
     UnifiedSchedulerConfig,
 )
-from semipd.sim.perf_model import get_perf_model
 from semipd.sim.resource_manager import SimulatedResourceManager
 from semipd.sim.semipd_executor import SemiPDExecutor
 from semipd.sim.unified_executor import UnifiedExecutor

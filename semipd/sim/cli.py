@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from semipd.sim.perf_model import get_perf_model, known_perf_models
+from semipd.perf.registry import get_perf_model, known_perf_models
 from semipd.sim.report import PlotUnavailableError, plot_timelines, policy_table
 from semipd.slo.constraints import SLOConstraints
 from semipd.workload import (

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from semipd.sim.perf_model import get_perf_model
+from semipd.perf.registry import get_perf_model
 from semipd.sim.report import PLOT_HINT, PlotUnavailableError, attainment_between, plot_timelines
 from semipd.slo.constraints import SLOConstraints
 from semipd.workload import LengthDist, WorkloadRequest, synthetic_workload

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from semipd.allocation import SMAllocation, SMGrid
 from semipd.clock import VirtualClock
 from semipd.metrics.collector import SemiPDMetricsCollector
+from semipd.perf.model import PerfModel
+from semipd.perf.registry import get_perf_model
 from semipd.sched import (
     BlockAllocator,
     DecodeScheduler,
@@ -27,7 +29,6 @@ from semipd.sched import (
 )
 from semipd.sim.cycles import CycleRecorder
 from semipd.sim.executor import SimExecutor
-from semipd.sim.perf_model import PerfModel, get_perf_model
 from semipd.sim.policy import Policy, parse_policy
 from semipd.sim.resource_manager import SimulatedResourceManager
 from semipd.sim.results import CycleRecord, RequestRecord, SimResult
@@ -194,6 +195,5 @@ def _predictor_options(predictor: str | None, perf: PerfModel, config: SimConfig
     """``slo:profile`` in the simulator predicts from the simulator's own performance model."""
     if predictor != "profile":
         return None
-    from semipd.sim.profile_predictor import PerfModelProfile
-
-    return {"profile": PerfModelProfile(perf, config.slo, config.max_prefill_tokens, config.max_decode_batch)}
+    return {"profile": perf, "max_prefill_tokens": config.max_prefill_tokens,
+            "max_decode_batch": config.max_decode_batch}
