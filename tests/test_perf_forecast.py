@@ -81,10 +81,13 @@ def test_lengths_come_from_the_window_and_persist_without_completions():
     assert profile.predict(alloc, idle) == long_
 
 
-def test_prompt_lengths_follow_the_arrivals_at_once():
-    """After a shift to short prompts the completions still carry the long ones; the arrivals do not."""
+def test_prompt_lengths_follow_the_arrivals_at_once_and_decode_keeps_the_completed_pairs():
+    """After a shift to short prompts the completions still carry the long ones; prefill follows the
+    arrivals at once, decode the completed requests' (prompt, output) pairs until new ones complete."""
     profile = SteadyStateModel(PERF)
     alloc = GRID.allocation(64)
     shifted = profile.predict(alloc, window(16.0, 3000, 40, arriving_in=300))
-    assert shifted == SteadyStateModel(PERF).predict(alloc, window(16.0, 300, 40))
+    fresh = SteadyStateModel(PERF).predict(alloc, window(16.0, 300, 40))
+    assert shifted[0] == pytest.approx(fresh[0])  # TTFT: the new prompts
+    assert shifted[1] > fresh[1]  # TPOT: the decode batch still holds the long prompts' context
     assert shifted[0] < 1000 and shifted[0] < profile.predict(alloc, window(16.0, 3000, 40))[0] / 10

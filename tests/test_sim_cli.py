@@ -200,7 +200,8 @@ def test_demo_defaults_tell_the_story():
     args = parser.parse_args([])
     slo = SLOConstraints(ttft_target_ms=args.ttft_target, tpot_target_ms=args.tpot_target)
     config = SimConfig(perf_model=args.model_path, slo=slo, monitoring_interval=args.monitoring_interval,
-                       initial_prefill_percentage=args.initial_prefill_sm, seed=args.seed)
+                       initial_prefill_percentage=args.initial_prefill_sm, seed=args.seed,
+                       decode_borrows_idle_prefill=False)  # as the demo runs it: the seed's MPS partitions
     workload = demo_workload(args.simulation_cycles * args.monitoring_interval, args.request_rate, args.seed)
     adaptive = run_policy(workload, f"slo:{args.predictor}", config)
     static = run_policy(workload, "static:70/30", config)

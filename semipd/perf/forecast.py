@@ -5,9 +5,9 @@ candidate split. It combines a `PerfModel` (on the simulated GPU the simulator's
 real GPU the profile `semipd profile` measured, or the built-in model of that GPU and model)
 with a steady-state queueing model of the window's load:
 
-- load: arrival rate ``lambda``, the mean prompt length of the requests that arrived in the
-  window and the mean output length of those completed in it (the last known lengths when
-  none arrived or completed);
+- load: arrival rate ``lambda``; for prefill the mean prompt length of the requests that
+  arrived in the window, for decode the mean prompt and output lengths of those completed in
+  it (a pair that belongs together; the last known lengths when none arrived or completed);
 - decode: the batch follows Little's law, ``B = lambda * (out - 1) * t``, and the step time
   ``t = decode_time(B, B * context, decode SMs)`` grows with it, slowed by prefill's
   interference for the share of time prefill is busy (and, when decode borrows prefill's
@@ -23,9 +23,12 @@ with a steady-state queueing model of the window's load:
   every split that carries the whole load ties and the algorithm prefers headroom.
 
 Limitation: output lengths are known only once requests complete, so for a while after the
-mix changes (short answers giving way to long ones, say) the fresh arrival rate is combined
-with the old mix's output lengths and TPOT forecasts run low; the observed (streaming) TPOT
-still raises the violation. Prompt lengths are known at arrival and follow the load at once.
+mix changes decode is forecast with the old mix's lengths at the new arrival rate: TPOT
+forecasts run low when short answers give way to long ones (the observed, streaming TPOT
+still raises the violation) and high when long answers give way to short ones. Pairing the
+new prompts with the old answers instead (long prompts arriving after long answers) would
+forecast a decode batch that never forms. Prompt lengths are known at arrival, and the
+prefill forecast follows the load at once.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class SteadyStateModel:
         self.max_decode_batch = max_decode_batch
         self.decode_borrows_idle_prefill = bool(decode_borrows_idle_prefill)
         self._input_len = float(default_input_len)
+        self._decode_input_len = float(default_input_len)
         self._output_len = float(default_output_len)
 
     def predict(self, allocation: SMAllocation, metrics: AggregatedMetrics,
@@ -91,6 +95,8 @@ class SteadyStateModel:
         done = metrics.request_throughput
         if done > 0:
             self._output_len = max(1.0, metrics.output_token_throughput / done)
+            if metrics.input_token_throughput > 0:
+                self._decode_input_len = max(1.0, metrics.input_token_throughput / done)
 
     def _prefill(self, lam: float, sms: int, slowdown: float) -> tuple[float, float, float]:
         """(utilisation, seconds of one iteration serving a request, capacity in requests/s)."""
@@ -120,7 +126,7 @@ class SteadyStateModel:
         """(step time = TPOT in s, share of time decode is busy, capacity in requests/s), decode on
         `sms` SMs slowed by `slowdown` while prefill runs (`prefill_busy` of the time)."""
         out = self._output_len
-        ctx = self._input_len + out / 2.0
+        ctx = self._decode_input_len + out / 2.0
         steps = max(out - 1.0, 1.0)
         cap_batch = self.max_decode_batch
         perf, total = self.perf, self.perf.total_sms

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from semipd.allocation import SMAllocation, SMGrid
+from semipd.allocation import HOPPER_MIN_SMS, HOPPER_SPLIT_GRANULARITY, SMAllocation, SMGrid
 from semipd.clock import VirtualClock
 from semipd.metrics.collector import SemiPDMetricsCollector
 from semipd.perf.model import PerfModel
@@ -65,10 +65,10 @@ class SimConfig:
     """Sliding window of the metrics collector, seconds."""
     switch_delay_s: float = 0.0
     """Seconds from a reallocation request until it may take effect (0: green contexts; seconds: MPS rotation)."""
-    sm_granularity: int = 8
+    sm_granularity: int = HOPPER_SPLIT_GRANULARITY
     """SMs per step of the split (Hopper green contexts: 8)."""
-    min_sms: int = 8
-    """Fewest SMs either phase may get."""
+    min_sms: int = HOPPER_MIN_SMS
+    """Fewest SMs either phase may get (the engine's partitions on an H100: 16)."""
     initial_prefill_percentage: float = 50.0
     """Starting prefill share for ``slo:*`` policies, snapped to the grid (static policies carry their own)."""
     seed: int = 0
@@ -81,6 +81,9 @@ class SimConfig:
     """Controller cooldown after a reallocation (it also waits for a fresh window)."""
     iteration_time_noise: float = 0.0
     """Relative standard deviation of iteration times (lognormal, mean 1); 0: exact perf-model times."""
+    decode_borrows_idle_prefill: bool = True
+    """Semi-PD decode steps run on the whole GPU while prefill has nothing to do, as the engine's do
+    (`SemiPDConfig.decode_borrows_idle_prefill`)."""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_prefill_tokens", "max_decode_batch", "sm_granularity", "min_sms"):
@@ -106,6 +109,8 @@ class SimConfig:
             raise ValueError(f"kv_watermark must be in [0, 1), got {self.kv_watermark!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if not isinstance(self.decode_borrows_idle_prefill, bool):
+            raise ValueError(f"decode_borrows_idle_prefill must be a bool, got {self.decode_borrows_idle_prefill!r}")
 
     def grid(self, perf: PerfModel) -> SMGrid:
         return SMGrid(perf.total_sms, self.sm_granularity, self.min_sms)
@@ -153,9 +158,11 @@ def run_policy(workload: Sequence[WorkloadRequest], policy: str | Policy, config
             controller = SLOAwareResourceController(
                 config.slo, collector, rm, config.monitoring_interval, predictor=pol.predictor,
                 cooldown_seconds=config.cooldown_seconds, clock=clock,
-                predictor_options=_predictor_options(pol.predictor, perf, config))
+                predictor_options=_predictor_options(pol.predictor, perf, config),
+                prefer_prefill=config.decode_borrows_idle_prefill)
         executor = SemiPDExecutor(workload, clock, collector, config.monitoring_interval, perf, prefill, decode, rm,
-                                  on_progress=on_progress)
+                                  on_progress=on_progress,
+                                  decode_borrows_idle_prefill=config.decode_borrows_idle_prefill)
     executor.set_time_noise(config.iteration_time_noise, config.seed)
     after_step = executor.note_reallocation if isinstance(executor, SemiPDExecutor) else None
     recorder = CycleRecorder(executor, collector, allocator, config.slo, rm, controller, on_cycle, after_step)
@@ -196,4 +203,5 @@ def _predictor_options(predictor: str | None, perf: PerfModel, config: SimConfig
     if predictor != "profile":
         return None
     return {"profile": perf, "max_prefill_tokens": config.max_prefill_tokens,
-            "max_decode_batch": config.max_decode_batch}
+            "max_decode_batch": config.max_decode_batch,
+            "decode_borrows_idle_prefill": config.decode_borrows_idle_prefill}

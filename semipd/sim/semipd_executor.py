@@ -15,6 +15,11 @@ Hand-off: a request whose last chunk completes gets its first token at the prefi
 iteration's end (TTFT) and joins decode at the decode worker's next step boundary (at
 once if decode is idle). SM switches take effect per worker at its next iteration start
 (`SimulatedResourceManager`).
+
+Borrowing (``decode_borrows_idle_prefill``, as the engine does by default): a decode step that
+starts while the prefill worker is idle with nothing to do runs on the whole GPU. Prefill work
+that arrives meanwhile starts at once on its own SMs, and the two overlap for the rest of that
+one step (slowed as a split's phases are); the next decode step is back on decode's SMs.
 """
 
 from __future__ import annotations
@@ -61,12 +66,16 @@ class SemiPDExecutor(SimExecutor):
                  collector: SemiPDMetricsCollector, monitoring_interval: float, perf: PerfModel,
                  prefill: PrefillScheduler, decode: DecodeScheduler, rm: SimulatedResourceManager,
                  on_tick: Callable[[float], None] | None = None,
-                 on_progress: Callable[[float], None] | None = None) -> None:
+                 on_progress: Callable[[float], None] | None = None,
+                 decode_borrows_idle_prefill: bool = False) -> None:
         super().__init__(workload, clock, collector, monitoring_interval, on_tick, on_progress)
         self.perf = perf
         self.prefill = prefill
         self.decode = decode
         self.rm = rm
+        self.decode_borrows_idle_prefill = decode_borrows_idle_prefill
+        self.borrowed_steps = 0
+        """Decode steps that ran on the whole GPU (prefill idle)."""
         self.p = _Worker("prefill", rm.current_sms("prefill"))
         self.d = _Worker("decode", rm.current_sms("decode"))
         self._handoffs: list[Request] = []
@@ -78,7 +87,8 @@ class SemiPDExecutor(SimExecutor):
 
     def stats(self) -> dict[str, float | int]:
         return {"prefill_iterations": self.p.iterations, "decode_steps": self.d.iterations,
-                "prefill_busy_s": self.p.busy_time, "decode_busy_s": self.d.busy_time}
+                "decode_borrowed_steps": self.borrowed_steps, "prefill_busy_s": self.p.busy_time,
+                "decode_busy_s": self.d.busy_time}
 
     def system_state(self) -> tuple[int, int]:
         pre, dec = self.prefill, self.decode
@@ -160,7 +170,11 @@ class SemiPDExecutor(SimExecutor):
             self._start_prefill(t)  # preempted requests came back to the prefill queue
         if batch.is_empty:
             return
-        work = self.noisy(self.perf.decode_time(len(batch.decodes), self.decode.num_running_tokens, self.d.sms))
+        sms = self.d.sms
+        if self.decode_borrows_idle_prefill and not self.p.busy and not self.prefill.has_work():
+            sms = self.perf.total_sms
+            self.borrowed_steps += 1
+        work = self.noisy(self.perf.decode_time(len(batch.decodes), self.decode.num_running_tokens, sms))
         self._begin(self.d, batch, work, t)
 
     def _decode_done(self, batch: Batch, t: float) -> None:
