@@ -45,3 +45,15 @@ def test_validation() -> None:
         ReversalMemory(-1.0)
     with pytest.raises(ValueError, match="load_ratio"):
         ReversalMemory(60.0, load_ratio=1.0)
+
+
+def test_failed_splits_a_grid_step_apart_leave_no_range_so_the_older_is_forgotten() -> None:
+    """TTFT failed at 78.8%, then TPOT at 84.8%, one 8-SM step (6.06%) apart: no split lies between, so
+    a range would keep the controller at a split violating TPOT; the newer failure is kept."""
+    memory = ReversalMemory(60.0)
+    step = 100 * 8 / 132
+    memory.update(0.0, observe(78.8), {"ttft": 1.2, "tpot": 0.5}, {"ttft": 1.2}, step)
+    assert memory.update(10.0, observe(84.8), {"ttft": 0.8, "tpot": 1.5}, {"tpot": 1.5}, step) == (0, 84.8)
+    wide = ReversalMemory(60.0)
+    wide.update(0.0, observe(60.6), {"ttft": 1.2, "tpot": 0.5}, {"ttft": 1.2}, step)
+    assert wide.update(10.0, observe(84.8), {"ttft": 0.8, "tpot": 1.5}, {"tpot": 1.5}, step) == (60.6, 84.8)

@@ -228,8 +228,9 @@ class SLOAwareResourceController:
             hold_reason, settled = self._settling(now, metrics, violations, pending)
             if hold_reason is not None:
                 return Decision(now, "hold", hold_reason, allocation, observation.summary(), violations)
-            prefill_range = (0.0, 100.0) if self._memory is None else self._memory.update(now, observation, ratios,
-                                                                                             violations)
+            step = 0.0 if grid is None else 100.0 * grid.granularity / grid.total_sms
+            prefill_range = (0.0, 100.0) if self._memory is None else self._memory.update(
+                now, observation, ratios, violations, step)
             evaluation = algorithm.decide(observation, grid, learn=settled, prefill_range=prefill_range,
                                           park=self._steady(now, metrics))
         except Exception as exc:

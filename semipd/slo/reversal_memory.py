@@ -7,7 +7,9 @@ that failed TTFT. A poor predictor (the seed's heuristic far from the current sp
 closes in on a compliant split instead of swinging across the range.
 
 A remembered split is forgotten early when contradicted: the SLO met with no more SMs for
-its phase than when it failed; the other SLO now failing on the same side; or the load no
+its phase than when it failed; the other SLO failing on the same side, or one grid step or
+less from it, so that no split lies between the two (the older is forgotten: the load needs a
+compromise the attainment rule has to find, not a range that admits nothing); or the load no
 longer the one it failed under (arrival rate or mean prompt length ``load_ratio`` times
 higher or lower): a split that failed a prefill-heavy load says nothing about a decode-heavy
 one, and remembering it would keep decode from the SMs the new load needs.
@@ -42,10 +44,10 @@ class ReversalMemory:
         self._tpot: _Failed | None = None
 
     def update(self, now: float, observation: Observation, ratios: dict[str, float],
-               violations: dict[str, float]) -> tuple[float, float]:
+               violations: dict[str, float], step: float = 0.0) -> tuple[float, float]:
         """Remember what `observation` (with its SLO `ratios` and `violations`) shows and return the
         prefill shares a move may go to, exclusive: (above the split that failed TTFT, below the one
-        that failed TPOT)."""
+        that failed TPOT). `step` is the grid's step in percent (0: no grid)."""
         x = observation.allocation.prefill_percentage
         rate = observation.arrival_rate
         prompt = observation.metrics.arrival_input_token_rate / rate if rate > 0 else 0.0
@@ -60,7 +62,7 @@ class ReversalMemory:
             low = _Failed(x, now, rate, prompt)
         elif violations.keys() == {"tpot"}:
             high = _Failed(x, now, rate, prompt)
-        if low is not None and high is not None and low.prefill_percentage >= high.prefill_percentage:
+        if low is not None and high is not None and high.prefill_percentage - low.prefill_percentage < 2 * step + 1e-9:
             low, high = (low, None) if low.time >= high.time else (None, high)  # contradicted: keep the newer
         self._ttft, self._tpot = low, high
         return (0.0 if low is None else low.prefill_percentage, 100.0 if high is None else high.prefill_percentage)
