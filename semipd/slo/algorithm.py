@@ -33,11 +33,12 @@ reliable the farther a split is from the one the window was measured under (the 
 predictor without a fit scales latencies as 1 / SMs and cannot see a queue building at a
 split it never ran).
 
-- Exactly one SLO missed: only candidates that give more SMs to its phase (with
-  ``monotone_moves``, default): a phase never gets faster with fewer SMs, so any other move
-  is a predictor's error. The seed's heuristic makes that error (from 72/28 with TTFT missed
-  it predicts 61/39 meets TTFT too, then alternates between the two for ever;
-  `tests/test_controller_closed_loop.py` shows it).
+- Exactly one SLO missed (with an SLO violated: exactly one violated): only candidates that
+  give more SMs to its phase (with ``monotone_moves``, default): a phase never gets faster
+  with fewer SMs, so any other move is a predictor's error. The seed's heuristic, read
+  without the anchoring above, made that error (from 72/28 with TTFT missed it predicted
+  61/39 met TTFT too, then alternated between the two for ever); the guard stays for
+  predictors that err far from the current split.
 - Both SLOs missed, or both met: every candidate. The paper gives three answers for both
   missed: its text keeps the partition, its pseudo-code raises prefill, and its prototype
   gives both phases 100% (impossible with disjoint partitions). Keeping forgoes the goodput a
