@@ -15,6 +15,14 @@ from typing import Any, Protocol, runtime_checkable
 
 _EPS = 1e-6
 
+HOPPER_SPLIT_GRANULARITY = 8
+"""SMs per split step of green contexts on compute capability 9.x (H100, H200)."""
+HOPPER_MIN_SMS = 16
+"""Fewest SMs either side of a split gets: the driver can split off 8, but on an H100 cuBLAS GEMMs failed
+(CUBLAS_STATUS_EXECUTION_FAILED) on the 12-SM remainder of a 120-SM group. The engine's partitions and the
+simulated GPU both use this grid, so the controller reaches the same splits in both: 16..116 prefill SMs
+of an H100's 132."""
+
 
 @dataclass(frozen=True)
 class SMAllocation:

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("semipd.server.cli", "OpenAI-compatible server on the real engine"),
     "bench": ("semipd.bench.cli", "load generator for any OpenAI-compatible server"),
     "generate": ("semipd.engine.cli", "offline generation with the real engine"),
+    "profile": ("semipd.engine.profiling.cli", "measure a GPU + model over SM splits; writes the performance profile"),
 }
 
 

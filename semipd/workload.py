@@ -317,6 +317,22 @@ def prefill_heavy_then_decode_heavy(duration: float = 240.0, seed: int = 0) -> l
     )
 
 
+def concatenate_phases(phases: Sequence[Sequence[WorkloadRequest]], phase_seconds: float) -> list[WorkloadRequest]:
+    """Phases one after the other, `phase_seconds` each: of each phase (a workload, e.g. a trace),
+    the requests that arrive in its first `phase_seconds`, shifted to start where the previous phase
+    ended. Phased workloads from any traces (`semipd simulate --phase-trace A --phase-trace B`)."""
+    if not phases:
+        raise ValueError("phases must not be empty")
+    if not phase_seconds > 0 or not math.isfinite(phase_seconds):
+        raise ValueError(f"phase_seconds must be a positive finite number, got {phase_seconds}")
+    out: list[WorkloadRequest] = []
+    for i, phase in enumerate(phases):
+        start = i * phase_seconds
+        out.extend(WorkloadRequest(start + r.arrival_time, r.input_len, r.output_len)
+                   for r in phase if r.arrival_time < phase_seconds)
+    return out
+
+
 def describe_workload(workload: Sequence[WorkloadRequest]) -> dict[str, float | int]:
     """Summary numbers of a workload (for reports): count, span, rate, mean/median lengths."""
     if not workload:

@@ -56,7 +56,7 @@ def test_table_and_plot(tmp_path: Path) -> None:
     points = [_point(2, 1.0), _point(4, 0.8)]
     table = format_sweep_table(points).splitlines()
     assert len(table) == 4 and table[0].split()[-2:] == ["TPOT", "p99"] and "ms" in table[-1]
-    assert table[2].split()[:6] == ["4", "20", "0", "10.00", "8.00", "0.800"]
+    assert table[2].split()[:8] == ["4", "20", "0", "10.00", "-", "-", "8.00", "0.800"]
     assert points[1].to_dict()["request_rate"] == 4 and points[1].to_dict()["errors"] == {}
     pytest.importorskip("matplotlib")
     from semipd.bench.plot import plot_sweep

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 
 import numpy as np
@@ -159,7 +160,7 @@ def test_min_samples_gates_action() -> None:
 
 
 def test_compliant_window_keeps() -> None:
-    ctrl, _, manager = controller(metrics=window())
+    ctrl, _, manager = controller(metrics=window(), prefer_prefill=False)
     assert [ctrl.step(now=float(t)).action for t in range(5)] == ["keep"] * 5
     assert manager.history == [START]
 
@@ -261,27 +262,56 @@ def test_a_pending_switch_holds_and_restarts_the_fresh_window() -> None:
     assert source.calls[-1] == pytest.approx(8.0)  # samples from when the switch took effect
 
 
-def test_a_persistent_miss_within_the_threshold_is_acted_on() -> None:
+def test_a_miss_within_the_threshold_is_acted_on_for_a_real_gain() -> None:
     mild = window(ttft=105.0, tpot=20.0)  # TTFT 1.05x: missed, not violated
-    ctrl, _, manager = controller(metrics=mild, predictor="paper", persistent_miss_cycles=3, rebalance_above=None)
-    first, second = ctrl.step(now=0.0), ctrl.step(now=5.0)
-    assert first.action == second.action == "keep" and not first.violations
-    third = ctrl.step(now=10.0)
-    assert third.action == "adjust" and "a miss within the violation threshold for 3 cycles" in third.reason
-    assert third.choice is not None and third.choice.prefill_percentage > 70
-    patient, _, _ = controller(metrics=mild, predictor="paper", persistent_miss_cycles=None, rebalance_above=None)
-    assert [patient.step(now=5.0 * k).action for k in range(6)] == ["keep"] * 6
+    ctrl, _, _ = controller(metrics=mild, predictor="paper")
+    first = ctrl.step(now=0.0)
+    assert not first.violations and first.action == "adjust" and first.reason.startswith("ttft missed")
+    assert first.choice is not None and first.choice.prefill_percentage > 70
+    half = AggregatedMetrics(window_start_time=0.0, window_end_time=30.0, request_throughput=10.0,
+                             request_arrival_rate=10.0, ttft_samples=np.repeat([95.0, 106.0], 10),
+                             tpot_samples=np.full(20, 20.0))  # half the requests late: at most +50%
+    strict, _, _ = controller(metrics=half, predictor="paper", min_attainment_gain=0.6)
+    kept = strict.step(now=0.0)
+    assert kept.action == "keep" and "raise attainment by 60.0%" in kept.reason
 
 
-def test_anticipation_moves_before_a_violation() -> None:
-    climbing = window(ttft=30.0, tpot=45.0)  # TPOT at 0.9x its target, TTFT at 0.3x
-    ctrl, _, manager = controller(metrics=climbing, predictor="paper")
-    decision = ctrl.step(now=0.0)
-    assert not decision.violations and decision.action == "adjust"
-    assert decision.reason.startswith("anticipating: tpot at 0.9x")
-    assert decision.choice is not None and decision.choice.decode_percentage > 30
-    off, _, _ = controller(metrics=climbing, predictor="paper", rebalance_above=None)
-    assert off.step(now=0.0).action == "keep"
+def test_predictions_are_checked_against_the_window_that_follows() -> None:
+    """Each evaluated decision predicts the split it leaves in force; the first window of that split alone
+    is recorded next to it (observed / expected), and the errors add up in the status."""
+    ctrl, source, _ = controller(cooldown_seconds=10.0, candidate_bounds=ONE_STEP, prefer_prefill=False)
+    move = ctrl.step(now=0.0)  # TPOT 90 ms at 30% decode
+    assert move.action == "adjust" and move.prediction is not None and move.choice is not None
+    assert move.prediction["allocation"] == move.choice.as_dict()
+    expected_tpot = move.prediction["tpot_ms"]
+    assert expected_tpot == pytest.approx(90.0 * 30 / 40 * (40 / 50) / (30 / 50) * 40 / 30 * 30 / 40, rel=0.3)
+    source.metrics = window(ttft=40.0, tpot=45.0)  # what the new split really reads
+    assert ctrl.step(now=12.0).action == "hold"  # the window still holds the old split's samples
+    checked = ctrl.step(now=30.0)
+    assert checked.action == "keep"
+    logged = ctrl.get_recent_decisions()[0]
+    assert logged.time == 0.0 and logged.outcome is not None
+    assert logged.outcome["tpot_ms"] == pytest.approx(45.0)
+    assert logged.outcome["tpot_ratio"] == pytest.approx(45.0 / expected_tpot)
+    assert logged.outcome["attainment"] == 1.0
+    assert logged.outcome["attainment_error"] == pytest.approx(1.0 - move.prediction["attainment"])
+    accuracy = ctrl.get_controller_status()["prediction_accuracy"]
+    assert accuracy["adjust"]["checked"] == 1 and accuracy["keep"]["checked"] == 0
+    assert accuracy["adjust"]["tpot_abs_log_ratio"] == pytest.approx(abs(math.log(45.0 / expected_tpot)))
+    ctrl.step(now=35.0)  # the keep at 30 s is checked by the next window
+    assert ctrl.get_controller_status()["prediction_accuracy"]["keep"]["checked"] == 1
+    status = ctrl.get_controller_status()
+    json.dumps(status)
+    assert status["recent_decisions"][0]["outcome"]["tpot_ms"] == pytest.approx(45.0)
+
+
+def test_a_prediction_for_a_split_that_moved_again_is_not_checked() -> None:
+    ctrl, source, _ = controller(cooldown_seconds=10.0, candidate_bounds=ONE_STEP, prefer_prefill=False)
+    ctrl.step(now=0.0)
+    source.metrics = window(ttft=40.0, tpot=120.0)
+    assert "escalating" in ctrl.step(now=14.0).reason  # another move before any window of the first one
+    accuracy = ctrl.get_controller_status()["prediction_accuracy"]
+    assert accuracy["adjust"]["checked"] == 0 and accuracy["superseded"] >= 1
 
 
 # -- faults ---------------------------------------------------------------------------------------
@@ -405,7 +435,8 @@ def test_stop_does_not_wait_out_a_long_interval() -> None:
                                                 ({"cooldown_seconds": -1}, "cooldown_seconds"),
                                                 ({"decision_log_size": 0}, "decision_log_size"),
                                                 ({"min_samples": 0}, "min_samples"),
-                                                ({"persistent_miss_cycles": 0}, "persistent_miss_cycles"),
+                                                ({"min_attainment_gain": -0.1}, "min_attainment_gain"),
+                                                ({"park_margin": 1.5}, "park_margin"),
                                                 ({"reversal_memory_seconds": -1}, "reversal_memory_seconds"),
                                                 ({"shift_ratio": 1.0}, "shift_ratio")])
 def test_validation(kwargs: dict[str, object], field: str) -> None:

@@ -6,8 +6,15 @@ import json
 
 import pytest
 
-from semipd.sim.perf_model import AnalyticalPerfModel, get_perf_model, known_perf_models, load_profile
-from semipd.sim.profiles import ProfilePerfModel, profile_from_model, save_profile
+from semipd.perf import (
+    AnalyticalPerfModel,
+    ProfilePerfModel,
+    builtin_for,
+    get_perf_model,
+    known_perf_models,
+    load_profile,
+)
+from semipd.perf.profile import profile_from_model, save_profile
 
 SMS = [8, 16, 24, 32, 48, 64, 80, 96, 112, 124, 132]
 
@@ -186,3 +193,26 @@ def test_profile_validation(model, tmp_path):
     (tmp_path / "junk.json").write_text("{not json")
     with pytest.raises(ValueError, match="path"):
         load_profile(tmp_path / "junk.json")
+
+
+def test_profile_host_overhead_is_optional_and_adds_to_every_step(model):
+    profile = _profile(model)
+    assert profile["host_overhead_ms"] == pytest.approx({"prefill": 0.5, "decode": 0.4})  # the roofline's overheads
+    without = {k: v for k, v in profile.items() if k != "host_overhead_ms"}
+    bare, full = ProfilePerfModel(without), ProfilePerfModel(profile)
+    assert bare.host_overhead_s("decode") == 0.0 and full.host_overhead_s("prefill") == pytest.approx(0.5e-3)
+    assert full.decode_time(64, 131_072, 32) - bare.decode_time(64, 131_072, 32) == pytest.approx(0.4e-3)
+    assert full.prefill_time([(2048, 2048)], 64) - bare.prefill_time([(2048, 2048)], 64) == pytest.approx(0.5e-3)
+    for bad in ({"prefill": -1.0}, {"sampling": 1.0}, {"decode": "fast"}, [0.5]):
+        with pytest.raises(ValueError, match="host_overhead_ms"):
+            ProfilePerfModel({**profile, "host_overhead_ms": bad})
+    with pytest.raises(ValueError, match="phase"):
+        full.host_overhead_s("mixed")
+
+
+def test_builtin_for_matches_the_gpu_and_the_model():
+    assert builtin_for("NVIDIA H100 80GB HBM3", 132, "/models/Llama-3.1-8B-Instruct") == "llama-3.1-8b-h100"
+    assert builtin_for("NVIDIA H100 80GB HBM3", 132, "llama-3.1-8b") == "llama-3.1-8b-h100"
+    assert builtin_for("NVIDIA H100 PCIe", 114, "llama-3.1-8b") is None  # another H100: other SMs, other speeds
+    assert builtin_for("NVIDIA A100-SXM4-80GB", 108, "llama-3.1-8b") is None
+    assert builtin_for("NVIDIA H100 80GB HBM3", 132, "qwen3-8b") is None

@@ -303,6 +303,8 @@ def test_config_validation() -> None:
         SemiPDConfig(slo_tpot_ms=0)
     with pytest.raises(ValueError, match="min_prefill_percent"):
         SemiPDConfig(min_prefill_percent=70, max_prefill_percent=60)
+    with pytest.raises(ValueError, match="max_prefill_percent"):
+        SemiPDConfig(max_prefill_percent=101)
     with pytest.raises(ValueError, match="reachable_prefill_sms"):
         SemiPDConfig(reachable_prefill_sms=[32, 64])
     with pytest.raises(ValueError, match="gil_switch_interval_s"):
@@ -323,6 +325,9 @@ def test_semipd_flags_reach_the_config() -> None:
     assert semipd_config_from_args(parser.parse_args([])).decode_borrows_idle_prefill is True
     cfg = semipd_config_from_args(parser.parse_args(["--no-decode-borrow", "--controller", "static"]))
     assert cfg.decode_borrows_idle_prefill is False and cfg.controller == "static"
+    default = semipd_config_from_args(parser.parse_args([]))
+    assert (default.min_prefill_percent, default.max_prefill_percent) == (0.0, 100.0)  # the whole range
+    assert semipd_config_from_args(parser.parse_args(["--max-prefill-percent", "80"])).max_prefill_percent == 80.0
     with pytest.raises(ValueError, match="reachable_prefill_sms"):
         SemiPDEngine(EngineConfig(model="tiny-llama", load_format="dummy", device="cpu", num_kv_blocks=16,
                                   mode="semi-pd", semipd=SemiPDConfig(reachable_prefill_sms=(25,))))
@@ -333,11 +338,16 @@ def test_semipd_flags_reach_the_config() -> None:
 
 
 def test_reachable_splits() -> None:
-    from semipd.allocation import SMGrid
+    from semipd.allocation import HOPPER_MIN_SMS, HOPPER_SPLIT_GRANULARITY, SMGrid
     from semipd.engine.semi_pd.startup import CPU_GRID, reachable_splits
 
-    h100 = SMGrid(132, 8, 8)
-    assert reachable_splits(h100, SemiPDConfig()) == [32, 40, 48, 56, 64, 72, 80, 88, 96, 104]
+    h100 = SMGrid(132, HOPPER_SPLIT_GRANULARITY, HOPPER_MIN_SMS)  # the green-context grid of an H100
+    # By default the whole grid: decode down to 16 SMs, prefill up to 116 (13 partitions, within the
+    # default max_graph_partitions); --max-prefill-percent still caps it.
+    assert reachable_splits(h100, SemiPDConfig()) == list(range(16, 117, 8))
+    assert len(reachable_splits(h100, SemiPDConfig())) <= SemiPDConfig().max_graph_partitions
+    assert reachable_splits(h100, SemiPDConfig(min_prefill_percent=20, max_prefill_percent=80)) == list(
+        range(32, 105, 8))
     assert reachable_splits(h100, SemiPDConfig(reachable_prefill_sms=(96, 32), initial_prefill_sm_percent=48)) == [
         32, 64, 96]
     assert reachable_splits(h100, SemiPDConfig(controller="off", initial_prefill_sm_percent=70)) == [96]

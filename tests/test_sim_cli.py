@@ -73,6 +73,56 @@ def test_build_workloads(azure_trace):
         build_workload(_parse("--trace", str(azure_trace), "--phased"))
 
 
+def _write_trace(path: Path, start_s: int, count: int, gap_s: float, context: int, generated: int) -> Path:
+    rows = [f"2023-11-16 18:{(start_s + int(i * gap_s)) // 60:02d}:{(start_s + int(i * gap_s)) % 60:02d}.0000000,"
+            f"{context},{generated}" for i in range(count)]
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_phase_traces_run_one_after_the_other(tmp_path):
+    """--phase-trace A --phase-trace B --phase-seconds S: A's first S seconds, then B's, each scaled and
+    offset like --trace; exclusive with --trace and --phased."""
+    long_prompts = _write_trace(tmp_path / "a.csv", 0, 40, 1.0, 3000, 20)
+    long_answers = _write_trace(tmp_path / "b.csv", 0, 40, 1.0, 200, 600)
+    workload, info = build_workload(_parse("--phase-trace", str(long_prompts), "--phase-trace", str(long_answers),
+                                           "--phase-seconds", "10", "--time-scale", "0.5"))
+    assert info["source"] == "phase-traces" and info["phase_seconds"] == 10.0
+    first = [r for r in workload if r.arrival_time < 10]
+    second = [r for r in workload if r.arrival_time >= 10]
+    assert len(first) == len(second) == 20  # 40 rows 1 s apart at half time: 20 per 10 s
+    assert {r.input_len for r in first} == {3000} and {r.input_len for r in second} == {200}
+    assert max(r.arrival_time for r in second) < 20
+    with pytest.raises(ValueError, match="--phase-trace"):
+        build_workload(_parse("--phase-trace", str(long_prompts), "--phased"))
+    assert main(["simulate", "--phase-trace", str(long_prompts), "--phase-trace", str(long_answers),
+                 "--phase-seconds", "10", "--policy", "unified", "--output-json", str(tmp_path / "o.json")]) == 0
+    doc = json.loads((tmp_path / "o.json").read_text())
+    assert doc["workload"]["phases"] == [str(long_prompts), str(long_answers)]
+
+
+def test_simulate_reads_a_profile_as_its_perf_model(tmp_path, capsys):
+    """--perf-model FILE reads the format `semipd profile` writes (and the profile predictor reads)."""
+    from semipd.perf import get_perf_model, profile_from_model, save_profile
+
+    model = get_perf_model("llama-3.1-8b-h100")
+    profile = profile_from_model(
+        model, name="measured-h100", sms=[16, 64, 132], tokens=[64, 512, 2048], batch=[1, 16, 64],
+        kv_tokens=[0, 65_536], splits=[(16, 116), (64, 68)],
+        memory={"memory_bytes": 80 * 2**30, "weight_bytes": 16 * 10**9, "activation_reserve_bytes": 3 * 2**30,
+                "kv_bytes_per_token": 131072})
+    path = tmp_path / "profile.json"
+    save_profile(profile, path)
+    out = tmp_path / "r.json"
+    assert main(["simulate", "--perf-model", str(path), "--request-rate", "4", "--duration", "6", "--input-len",
+                 "256", "--output-len", "16", "--policy", "static:50/50", "--policy", "slo:profile",
+                 "--output-json", str(out)]) == 0
+    assert "perf model" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["config"]["perf_model"] == str(path)
+    assert all(s["num_finished"] == doc["workload"]["num_requests"] for s in doc["policies"].values())
+
+
 def test_policy_table_lists_policies():
     results = {"static:70/30": _fake_result("static:70/30", [50.0, 300.0]), "slo:paper": _fake_result("x", [50.0])}
     summaries = {name: r.summary(SLO) for name, r in results.items()}
@@ -201,7 +251,8 @@ def test_demo_defaults_tell_the_story():
     args = parser.parse_args([])
     slo = SLOConstraints(ttft_target_ms=args.ttft_target, tpot_target_ms=args.tpot_target)
     config = SimConfig(perf_model=args.model_path, slo=slo, monitoring_interval=args.monitoring_interval,
-                       initial_prefill_percentage=args.initial_prefill_sm, seed=args.seed)
+                       initial_prefill_percentage=args.initial_prefill_sm, seed=args.seed,
+                       decode_borrows_idle_prefill=False)  # as the demo runs it: the seed's MPS partitions
     workload = demo_workload(args.simulation_cycles * args.monitoring_interval, args.request_rate, args.seed)
     adaptive = run_policy(workload, f"slo:{args.predictor}", config)
     static = run_policy(workload, "static:70/30", config)

@@ -7,10 +7,10 @@ import math
 
 import pytest
 
+from semipd.perf.profile import ProfilePerfModel, profile_from_model
+from semipd.perf.registry import get_perf_model
 from semipd.sim.engine_costs import DEFAULT_HOST_STEP_MS, EngineCosts, get_costs, perf_host_overhead_ms
 from semipd.sim.engine_scaling import ENGINE_SM_SCALING, EngineScaledPerfModel, engine_scaled
-from semipd.sim.perf_model import get_perf_model
-from semipd.sim.profiles import ProfilePerfModel, profile_from_model
 from semipd.sim.runner import SimConfig, run_policy
 from semipd.workload import WorkloadRequest
 
@@ -42,12 +42,12 @@ def test_host_overhead_comes_from_the_perf_model_when_it_has_one() -> None:
                                  kv_tokens=[0, 100_000], splits=[(64, 68)],
                                  memory={"memory_bytes": 80 * 2**30, "weight_bytes": 16 * 2**30,
                                          "activation_reserve_bytes": 2**30, "kv_bytes_per_token": 131072})
-    measured = ProfilePerfModel({**profile, "host_overhead_ms": 3.5})
-    assert perf_host_overhead_ms(measured) == 3.5
-    assert EngineCosts(host_step_ms=None).host_step_s(measured) == pytest.approx(3.5e-3)
+    measured = ProfilePerfModel({**profile, "host_overhead_ms": {"prefill": 3.5, "decode": 3.5}})
+    assert perf_host_overhead_ms(measured) == 0.0  # in the measured step times already
+    assert EngineCosts(host_step_ms=None).host_step_s(measured) == 0.0
     assert EngineCosts(host_step_ms=1.0).host_step_s(measured) == pytest.approx(1e-3)
     with pytest.raises(ValueError, match="host_overhead_ms"):
-        perf_host_overhead_ms(ProfilePerfModel({**profile, "host_overhead_ms": -1}))
+        ProfilePerfModel({**profile, "host_overhead_ms": {"decode": -1}})
     assert engine_scaled(measured) is measured  # no engine figures for that name: left as it is
 
 
@@ -79,8 +79,8 @@ def test_host_time_and_front_end_offset_on_the_unified_executor() -> None:
 
 
 def test_semipd_host_time_borrowing_and_itl() -> None:
-    config = SimConfig(costs=EngineCosts(host_step_ms=2.0))
-    plain = run_policy(ONE, "static:50/50", SimConfig(), collect_itl=True)
+    config = SimConfig(costs=EngineCosts(host_step_ms=2.0), decode_borrows_idle_prefill=False)
+    plain = run_policy(ONE, "static:50/50", SimConfig(decode_borrows_idle_prefill=False), collect_itl=True)
     hosted = run_policy(ONE, "static:50/50", config)
     assert hosted.requests[0].ttft_ms == pytest.approx(plain.requests[0].ttft_ms + 2.0)
     assert hosted.requests[0].tpot_ms == pytest.approx(plain.requests[0].tpot_ms + 2.0)

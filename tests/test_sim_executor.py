@@ -8,6 +8,7 @@ import pytest
 from semipd.allocation import SMGrid
 from semipd.clock import VirtualClock
 from semipd.metrics.collector import SemiPDMetricsCollector
+from semipd.perf.registry import get_perf_model
 from semipd.sched import (
     BlockAllocator,
     DecodeScheduler,
@@ -17,7 +18,6 @@ from semipd.sched import (
     UnifiedScheduler,
     UnifiedSchedulerConfig,
 )
-from semipd.sim.perf_model import get_perf_model
 from semipd.sim.resource_manager import SimulatedResourceManager
 from semipd.sim.semipd_executor import SemiPDExecutor
 from semipd.sim.unified_executor import UnifiedExecutor
@@ -27,14 +27,14 @@ PERF = get_perf_model("llama-3.1-8b-h100")
 GRID = SMGrid(132, 8, 8)
 
 
-def semipd(workload, prefill_sms=64, delay=0.0, on_tick=None):
+def semipd(workload, prefill_sms=64, delay=0.0, on_tick=None, borrow=False):
     clock = VirtualClock()
     collector = SemiPDMetricsCollector(30.0, clock=clock)
     alloc = BlockAllocator(20_000, 16)
     pre = PrefillScheduler(PrefillSchedulerConfig(), alloc)
     dec = DecodeScheduler(DecodeSchedulerConfig(), alloc, pre.add_preempted)
     rm = SimulatedResourceManager(GRID, GRID.allocation(prefill_sms), clock, delay)
-    ex = SemiPDExecutor(workload, clock, collector, 1.0, PERF, pre, dec, rm)
+    ex = SemiPDExecutor(workload, clock, collector, 1.0, PERF, pre, dec, rm, decode_borrow=borrow)
     if on_tick is not None:
         ex.on_tick = lambda t: on_tick(ex, t)
     ex.run()
@@ -53,6 +53,18 @@ def test_single_request_follows_the_perf_model_exactly():
     m = col.get_request("0")
     assert m.prefill_start_time == 0.5 and m.first_token_time == m.prefill_end_time == m.decode_start_time
     assert ex.stats()["decode_steps"] == 3 and ex.stats()["prefill_iterations"] == 1
+
+
+def test_decode_borrows_the_whole_gpu_while_prefill_is_idle():
+    """As the engine's decode worker does: a step that starts with prefill idle and nothing queued runs
+    on all 132 SMs; once prefill has work, steps are back on decode's own SMs."""
+    ex, _ = semipd([WorkloadRequest(0.5, 1000, 4)], prefill_sms=112, borrow=True)
+    (rec,) = ex.records()
+    steps = sum(PERF.decode_time(1, 1000 + k, 132) for k in (1, 2, 3))
+    assert rec.completion == pytest.approx(rec.first_token + steps, rel=1e-12)
+    assert ex.stats()["decode_borrowed_steps"] == 3
+    busy, _ = semipd([WorkloadRequest(0.0, 100, 200), WorkloadRequest(0.2, 8000, 2)], prefill_sms=112, borrow=True)
+    assert 0 < busy.stats()["decode_borrowed_steps"] < busy.stats()["decode_steps"]  # not while B's prefill ran
 
 
 def test_prefill_is_slowed_while_decode_runs():

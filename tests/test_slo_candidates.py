@@ -12,7 +12,8 @@ def _splits(candidates) -> set[tuple[float, float]]:
     return {(round(c.prefill_percentage, 6), round(c.decode_percentage, 6)) for c in candidates}
 
 
-SEED = CandidateBounds(max_steps=2)  # the seed's neighbourhood
+SEED = CandidateBounds(min_prefill_percentage=20, max_prefill_percentage=80, min_decode_percentage=20,
+                      max_decode_percentage=80, max_steps=2)  # the seed's bounds and neighbourhood
 
 
 def test_percent_steps_follow_the_seed_loop() -> None:
@@ -72,14 +73,22 @@ def test_off_grid_current_also_offers_its_nearest_split() -> None:
     assert sorted(grid.prefill_sms(c.allocation) for c in got) == [80, 88, 96, 104]
 
 
-def test_by_default_every_split_within_the_bounds_is_a_candidate() -> None:
-    grid = SMGrid(132, 8, 8)
+def test_by_default_every_split_of_the_grid_is_a_candidate() -> None:
+    """The whole reachable range: on the H100 grid (8-SM steps, 16 a side) 16..116 prefill SMs, all
+    but the current 64; a prefill-heavy load is best served past the seed's 80% (104 SMs)."""
+    grid = SMGrid(132, 8, 16)
     got = generate_candidates(grid.allocation(64), CandidateBounds(), grid)
-    # 20%..80% prefill on 132 SMs: 32..104 SMs, all but the current 64.
-    assert sorted(grid.prefill_sms(c.allocation) for c in got) == [32, 40, 48, 56, 72, 80, 88, 96, 104]
+    assert sorted(grid.prefill_sms(c.allocation) for c in got) == [p for p in range(16, 117, 8) if p != 64]
     percent = _splits(generate_candidates(SMAllocation(50, 50), CandidateBounds()))
-    assert (20, 80) in percent and (80, 20) in percent and (20, 20) in percent and (50, 50) not in percent
-    assert all(20 <= p <= 80 and 20 <= d <= 80 and p + d <= 100 for p, d in percent)
+    assert (10, 90) in percent and (90, 10) in percent and (10, 10) in percent and (50, 50) not in percent
+    assert all(0 < p and 0 < d and p + d <= 100 for p, d in percent)  # never a phase without SMs
+
+
+def test_a_cap_still_bounds_the_candidates() -> None:
+    grid = SMGrid(132, 8, 16)
+    capped = CandidateBounds(max_prefill_percentage=80.0)
+    got = generate_candidates(grid.allocation(64), capped, grid)
+    assert max(grid.prefill_sms(c.allocation) for c in got) == 104
 
 
 def test_candidate_as_dict_and_distance() -> None:

@@ -53,7 +53,8 @@ def test_boundary_values_accepted() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("min_prefill_percentage", 0.0),
+        ("min_prefill_percentage", -1.0),
+        ("max_prefill_percentage", 0.0),
         ("max_decode_percentage", 101.0),
         ("adjustment_step", 0.0),
         ("max_steps", 0),

@@ -19,6 +19,7 @@ from semipd.slo import (
     SLOConstraints,
     available_predictors,
     create_predictor,
+    parse_predictor_spec,
     register_predictor,
 )
 
@@ -120,6 +121,32 @@ def test_profile_with_an_object() -> None:
 
     got = ProfilePredictor(Table()).predict(SMAllocation(25, 75), _observation(1.0, 1.0))
     assert (got.ttft_ms, got.tpot_ms, got.throughput) == pytest.approx((200.0, 1000.0 / 75, 3.0))
+
+
+def test_predictor_specs_carry_an_argument_for_predictors_that_take_one() -> None:
+    assert parse_predictor_spec("paper") == ("paper", None)
+    assert parse_predictor_spec("profile:/tmp/p.json") == ("profile", "/tmp/p.json")
+    for bad, match in (("paper:x", "takes no argument"), ("profile:", "empty"), ("oracle:x", "unknown"), ("", "empty")):
+        with pytest.raises(ValueError, match=match):
+            parse_predictor_spec(bad)
+    with pytest.raises(ValueError, match="given twice"):
+        create_predictor("profile:llama-3.1-8b-h100", profile=_synthetic_profile)
+
+
+def test_profile_from_a_perf_model_name_forecasts_with_the_steady_state_model() -> None:
+    """``profile:llama-3.1-8b-h100`` (the built-in H100 model, the default profile) predicts absolute
+    latencies from the window's load: more prefill SMs, lower TTFT; the percentile comes from the SLO."""
+    pred = create_predictor("profile:llama-3.1-8b-h100")
+    assert pred.forecasts and pred.describe()["profile"] == "llama-3.1-8b-h100"
+    metrics = AggregatedMetrics(window_end_time=30.0, request_arrival_rate=4.0, arrival_input_token_rate=8000.0,
+                                request_throughput=4.0, output_token_throughput=400.0)
+    p50 = Observation.from_metrics(metrics, SMAllocation(50, 50), SLOConstraints(ttft_percentile=50))
+    p99 = Observation.from_metrics(metrics, SMAllocation(50, 50), SLOConstraints(ttft_percentile=99))
+    low, high = pred.predict(SMAllocation(30, 70), p99), pred.predict(SMAllocation(70, 30), p99)
+    assert high.ttft_ms < low.ttft_ms
+    assert pred.predict(SMAllocation(50, 50), p50).ttft_ms < pred.predict(SMAllocation(50, 50), p99).ttft_ms
+    with pytest.raises(ValueError, match="unknown perf model"):
+        create_predictor("profile:gpt-2-on-a-toaster")
 
 
 @pytest.mark.parametrize("bad", [(math.nan, 1.0, 1.0), (1.0, -2.0, 1.0), (1.0, 1.0, -1.0), (1.0, 2.0), "fast"])

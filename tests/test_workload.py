@@ -9,6 +9,7 @@ from semipd.workload import (
     LengthDist,
     Phase,
     WorkloadRequest,
+    concatenate_phases,
     describe_workload,
     gamma_arrivals,
     load_azure_trace,
@@ -206,3 +207,16 @@ def test_builtin_phased_workload():
     assert reqs == prefill_heavy_then_decode_heavy(100.0, seed=2)
     with pytest.raises(ValueError, match="duration"):
         prefill_heavy_then_decode_heavy(0.0)
+
+
+def test_concatenate_phases_clips_and_offsets():
+    a = [WorkloadRequest(t, 1000, 10) for t in (0.0, 3.0, 9.9, 12.0)]
+    b = [WorkloadRequest(t, 100, 500) for t in (1.0, 5.0)]
+    got = concatenate_phases([a, b], 10.0)
+    assert [(r.arrival_time, r.input_len) for r in got] == [(0.0, 1000), (3.0, 1000), (9.9, 1000), (11.0, 100),
+                                                             (15.0, 100)]
+    with pytest.raises(ValueError, match="phase_seconds"):
+        concatenate_phases([a], 0.0)
+    with pytest.raises(ValueError, match="phases"):
+        concatenate_phases([], 10.0)
+

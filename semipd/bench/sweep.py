@@ -155,7 +155,7 @@ def format_sweep_table(points: Sequence[SweepPoint]) -> str:
     if not points:
         return ""
     pcts = [p for p, _ in points[0].summary.metrics["ttft"].percentiles]
-    header = ["rate", "sent", "failed", "req/s", "window req/s", "pace", "goodput", "attain"]
+    header = ["rate", "sent", "failed", "req/s", "win_req/s", "pace", "goodput", "attain"]
     header += [f"TTFT {percentile_label(p)}" for p in pcts] + [f"TPOT {percentile_label(p)}" for p in pcts]
     rows = [header]
     for pt in points:
@@ -170,7 +170,7 @@ def format_sweep_table(points: Sequence[SweepPoint]) -> str:
         rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines) + ("\n(TTFT and TPOT in ms; window req/s: requests that arrived in the rate's window "
+    return "\n".join(lines) + ("\n(TTFT and TPOT in ms; win_req/s: requests that arrived in the rate's window "
                                f"and completed, over the window; pace: completions / arrivals over the window's "
                                f"second half, a rate is held only at >= {PACE_THRESHOLD})")
 

@@ -42,18 +42,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from semipd.allocation import SMAllocation, SMGrid
+from semipd.allocation import HOPPER_MIN_SMS, HOPPER_SPLIT_GRANULARITY, SMAllocation, SMGrid
 from semipd.clock import Clock, RealClock
 
 logger = logging.getLogger(__name__)
 
 PHASES = ("prefill", "decode")
-
-HOPPER_SPLIT_GRANULARITY = 8
-"""SMs per split step on compute capability 9.x."""
-HOPPER_MIN_SMS = 16
-"""Fewest SMs either side gets: the driver can split off 8, but on an H100 cuBLAS GEMMs failed
-(CUBLAS_STATUS_EXECUTION_FAILED) on the 12-SM remainder of a 120-SM group."""
 
 ReallocationListener = Callable[[SMAllocation, bool], None]
 """``listener(allocation, accepted)``: called after every reallocation request."""
@@ -127,7 +121,7 @@ class GreenContextFactory:
         self._keep: list[Any] = []  # green contexts must outlive their streams
 
     def grid(self) -> SMGrid:
-        """The splits used on this device: multiples of 8 SMs, at least 16 a side."""
+        """The splits used on this device: multiples of 8 SMs, at least 16 a side (`semipd.allocation`)."""
         return SMGrid(self.total_sms, HOPPER_SPLIT_GRANULARITY, HOPPER_MIN_SMS)
 
     def _check(self, result: tuple) -> Any:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from semipd.sim.perf_model import get_perf_model, known_perf_models
+from semipd.perf.registry import get_perf_model, known_perf_models
 from semipd.sim.replay_cli import add_engine_arguments, run_replay, sim_engine_fields
 from semipd.sim.report import PlotUnavailableError, check_output_path, plot_timelines, policy_table
 from semipd.slo.constraints import SLOConstraints
@@ -22,6 +22,7 @@ from semipd.traces import PUBLIC_TRACES, resolve_trace
 from semipd.workload import (
     LengthDist,
     WorkloadRequest,
+    concatenate_phases,
     describe_workload,
     load_azure_trace,
     prefill_heavy_then_decode_heavy,
@@ -44,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--max-output-len", type=int, help="cap output lengths (tokens)")
     src.add_argument("--phased", action="store_true",
                      help="built-in workload: a prefill-heavy phase, then a decode-heavy phase")
+    src.add_argument("--phase-trace", type=Path, action="append", dest="phase_traces", metavar="CSV",
+                     help="a phase from a trace CSV (repeatable: the phases run in the order given, "
+                          "--phase-seconds each; --time-scale, --trace-start and the length caps apply to each)")
+    src.add_argument("--phase-seconds", type=float, default=60.0,
+                     help="length of each --phase-trace phase, seconds of the replayed (scaled) trace")
     src.add_argument("--request-rate", type=float, default=8.0, help="synthetic arrivals per second")
     src.add_argument("--duration", type=float,
                      help="workload length, seconds (default: 60 synthetic, 240 phased)")
@@ -99,11 +105,21 @@ def build_workload(args: argparse.Namespace) -> tuple[list[WorkloadRequest], dic
     """The workload the flags describe, and a description of where it came from."""
     if args.trace is not None and args.phased:
         raise ValueError("--trace and --phased exclude each other")
-    if args.trace is not None:
+    if args.phase_traces and (args.trace is not None or args.phased):
+        raise ValueError("--phase-trace excludes --trace and --phased")
+    if args.phase_traces:
+        phases = [load_azure_trace(resolve_trace(path), time_scale=args.time_scale, max_input_len=args.max_input_len,
+                                   max_output_len=args.max_output_len, start_offset_s=args.trace_start)
+                  for path in args.phase_traces]
+        workload = concatenate_phases(phases, args.phase_seconds)
+        source = {"source": "phase-traces", "phases": [str(p) for p in args.phase_traces],
+                  "phase_seconds": args.phase_seconds, "time_scale": args.time_scale,
+                  "trace_start_s": args.trace_start}
+    elif args.trace is not None:
         workload = load_azure_trace(resolve_trace(args.trace), time_scale=args.time_scale,
                                     max_requests=args.max_requests, max_input_len=args.max_input_len,
                                     max_output_len=args.max_output_len, start_offset_s=args.trace_start)
-        source = {"source": "trace", "trace": args.trace, "time_scale": args.time_scale,
+        source = {"source": "trace", "trace": str(args.trace), "time_scale": args.time_scale,
                   "trace_start_s": args.trace_start}
     elif args.phased:
         duration = args.duration if args.duration is not None else 240.0

@@ -4,8 +4,10 @@ The seed's demo, told as a story: the GPU starts with a split that suits the loa
 (by default 70% of the SMs for prefill, 30% for decode, under a decode-heavy load). As the
 decode batch grows, TPOT climbs toward its target - first in the tokens being streamed
 ("TPOT live"), then in the completed requests - and the controller moves SMs to decode before
-(or as) it misses; the run is compared with keeping the starting split. Runs in seconds on a laptop; needs
-only the base install (the plot needs matplotlib, `pip install -e ".[plot]"`).
+(or as) it misses; the run is compared with keeping the starting split. The GPU is partitioned as
+in the seed (MPS process rotation): decode does not borrow prefill's idle SMs, which the engine's
+green contexts allow and which would let even 30% of the SMs carry this load. Runs in seconds on a
+laptop; needs only the base install (the plot needs matplotlib, `pip install -e ".[plot]"`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from semipd.allocation import SMAllocation
-from semipd.sim.perf_model import PerfModel, get_perf_model
+from semipd.perf.model import PerfModel
+from semipd.perf.registry import get_perf_model
 from semipd.sim.report import PLOT_HINT, PlotUnavailableError, attainment_between, check_output_path, plot_timelines
 from semipd.slo.constraints import SLOConstraints
 from semipd.workload import LengthDist, WorkloadRequest, synthetic_workload
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         slo = SLOConstraints(ttft_target_ms=args.ttft_target, tpot_target_ms=args.tpot_target)
         config = SimConfig(perf_model=args.model_path, slo=slo,
                            monitoring_interval=args.monitoring_interval,
-                           initial_prefill_percentage=args.initial_prefill_sm, seed=args.seed)
+                           initial_prefill_percentage=args.initial_prefill_sm, seed=args.seed,
+                           decode_borrows_idle_prefill=False)
         duration = args.simulation_cycles * args.monitoring_interval
         workload = demo_workload(duration, args.request_rate, args.seed)
         adaptive = str(parse_policy(f"slo:{args.predictor}"))

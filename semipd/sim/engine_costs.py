@@ -20,8 +20,8 @@ Where the numbers come from (H100, Llama-3.1-8B, ``benchmarks/results``):
   worker is busy 99.7% of the time and waits for the device 82-83% of it, at a median step of
   11-14 ms: 1.9-2.4 ms of host work per step. The unified engine's offline run
   (``engine_h100_rerun.json``) spends 0.18 ms scheduling, 0.47 ms building inputs and 1.55 ms
-  in the update per step. A perf model may carry its own figure (``host_overhead_ms``, e.g. a
-  measured profile's field), which the presets use instead.
+  in the update per step. A measured profile that carries ``host_overhead_ms`` has it in its step
+  times already; the presets then add nothing.
 - ``host_per_seq_ms``, ``prefill_host_per_seq_ms`` and ``frontend_ms`` were fitted by
   ``benchmarks/sim_fidelity.py`` to the committed H100 runs; docs/PERFORMANCE.md ("Simulator
   fidelity") gives the fit and how far the simulator stays from those runs.
@@ -33,8 +33,9 @@ import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from semipd.perf.model import PHASES, PerfModel
+from semipd.perf.profile import ProfilePerfModel
 from semipd.sim.engine_scaling import engine_scaled
-from semipd.sim.perf_model import PerfModel
 
 DEFAULT_HOST_STEP_MS = 2.0
 """Host work per iteration when neither the costs nor the perf model give one (module docstring)."""
@@ -89,17 +90,12 @@ class EngineCosts:
 
 
 def perf_host_overhead_ms(perf: PerfModel) -> float:
-    """The perf model's own host time per step (an attribute ``host_overhead_ms``, or that field of
-    a measured profile), else `DEFAULT_HOST_STEP_MS`."""
-    value = getattr(perf, "host_overhead_ms", None)
-    if value is None:
-        profile = getattr(perf, "profile", None)
-        value = profile.get("host_overhead_ms") if isinstance(profile, dict) else None
-    if value is None:
-        return DEFAULT_HOST_STEP_MS
-    if not _non_negative(value):
-        raise ValueError(f"host_overhead_ms of perf model {perf.name!r} must be a finite number >= 0, got {value!r}")
-    return float(value)
+    """Host time per step to add to `perf`'s step times: none for a measured profile that carries its
+    own ``host_overhead_ms`` (its step times include it: `semipd.perf.profile`), else
+    `DEFAULT_HOST_STEP_MS` (the analytical models hold only kernel-launch overheads)."""
+    if isinstance(perf, ProfilePerfModel) and any(perf.host_overhead_s(phase) > 0 for phase in PHASES):
+        return 0.0
+    return DEFAULT_HOST_STEP_MS
 
 
 COSTS: dict[str, EngineCosts] = {

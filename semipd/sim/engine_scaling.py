@@ -1,6 +1,6 @@
 """The engine's own iteration times: `EngineScaledPerfModel` rescales a `PerfModel` to them.
 
-The built-in roofline (`semipd.sim.perf_model`) was fitted to the bare linear layers. The
+The built-in roofline (`semipd.perf.analytical`) was fitted to the bare linear layers. The
 engine runs slower than that fit at most SM counts (attention, norms, sampling, launches), and
 its prefill slows far more beside decode than the bare layers do (launches and the GIL are
 shared too). `ENGINE_SM_SCALING` holds, per perf model, what the engine measured:
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from semipd.sim.perf_model import Chunks, PerfModel
+from semipd.perf.model import Chunks, PerfModel
 
 Table = tuple[tuple[int, float], ...]
 
@@ -136,6 +136,9 @@ class EngineScaledPerfModel(PerfModel):
 
     def decode_time(self, batch_size: int, total_kv_tokens: int, sms: int) -> float:
         return self.base.decode_time(batch_size, total_kv_tokens, sms) * self.decode_factor(sms)
+
+    def host_overhead_s(self, phase: str) -> float:
+        return self.base.host_overhead_s(phase)
 
     def mixed_time(self, chunks: Chunks, batch_size: int, total_kv_tokens: int) -> float:
         new_tokens = sum(n for n, _ in chunks)

@@ -13,9 +13,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from semipd.allocation import SMAllocation, SMGrid
+from semipd.allocation import HOPPER_MIN_SMS, HOPPER_SPLIT_GRANULARITY, SMAllocation, SMGrid
 from semipd.clock import VirtualClock
 from semipd.metrics.collector import SemiPDMetricsCollector
+from semipd.perf.model import PerfModel
+from semipd.perf.registry import get_perf_model
 from semipd.sched import (
     BlockAllocator,
     DecodeScheduler,
@@ -28,7 +30,6 @@ from semipd.sched import (
 from semipd.sim.cycles import CycleRecorder
 from semipd.sim.engine_costs import EngineCosts
 from semipd.sim.executor import SimExecutor
-from semipd.sim.perf_model import PerfModel, get_perf_model
 from semipd.sim.policy import Policy, parse_policy
 from semipd.sim.resource_manager import SimulatedResourceManager
 from semipd.sim.results import CycleRecord, RequestRecord, SimResult
@@ -66,10 +67,10 @@ class SimConfig:
     """Sliding window of the metrics collector, seconds."""
     switch_delay_s: float = 0.0
     """Seconds from a reallocation request until it may take effect (0: green contexts; seconds: MPS rotation)."""
-    sm_granularity: int = 8
+    sm_granularity: int = HOPPER_SPLIT_GRANULARITY
     """SMs per step of the split (Hopper green contexts: 8)."""
-    min_sms: int = 8
-    """Fewest SMs either phase may get."""
+    min_sms: int = HOPPER_MIN_SMS
+    """Fewest SMs either phase may get (the engine's partitions on an H100: 16)."""
     initial_prefill_percentage: float = 50.0
     """Starting prefill share for ``slo:*`` policies, snapped to the grid (static policies carry their own)."""
     seed: int = 0
@@ -85,13 +86,13 @@ class SimConfig:
     costs: EngineCosts = field(default_factory=EngineCosts)
     """What the engine costs beyond the GPU kernels (host time, front end, its SM scaling); the
     default is the GPU alone (`semipd.sim.engine_costs`)."""
-    decode_borrows_idle_prefill: bool = False
-    """Semi-PD decode steps run on every SM while the prefill scheduler has nothing to do (as the
-    engine's ``decode_borrows_idle_prefill``, on by default there)."""
-    min_prefill_percentage: float = 20.0
-    """Smallest prefill share the SLO controller may choose (its decode bound is 100 minus the other)."""
-    max_prefill_percentage: float = 80.0
-    """Largest prefill share the SLO controller may choose."""
+    decode_borrows_idle_prefill: bool = True
+    """Semi-PD decode steps run on the whole GPU while prefill has nothing to do, as the engine's do
+    (`SemiPDConfig.decode_borrows_idle_prefill`)."""
+    min_prefill_percentage: float | None = None
+    """Smallest prefill share the SLO controller may choose; None: the smallest split of the grid."""
+    max_prefill_percentage: float | None = None
+    """Largest prefill share the SLO controller may choose; None: the largest split of the grid."""
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_prefill_tokens", "max_decode_batch", "sm_granularity", "min_sms"):
@@ -122,11 +123,12 @@ class SimConfig:
         if not isinstance(self.decode_borrows_idle_prefill, bool):
             raise ValueError(f"decode_borrows_idle_prefill must be a bool, got {self.decode_borrows_idle_prefill!r}")
         for name in ("min_prefill_percentage", "max_prefill_percentage"):
-            if not _finite(getattr(self, name)) or not 0 < getattr(self, name) < 100:
-                raise ValueError(f"{name} must be in (0, 100), got {getattr(self, name)!r}")
-        if self.min_prefill_percentage > self.max_prefill_percentage:
-            raise ValueError(f"min_prefill_percentage must be <= max_prefill_percentage, got "
-                             f"{self.min_prefill_percentage} > {self.max_prefill_percentage}")
+            value = getattr(self, name)
+            if value is not None and (not _finite(value) or not 0 < value < 100):
+                raise ValueError(f"{name} must be None or in (0, 100), got {value!r}")
+        lo, hi = self.min_prefill_percentage, self.max_prefill_percentage
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"min_prefill_percentage must be <= max_prefill_percentage, got {lo} > {hi}")
 
     def grid(self, perf: PerfModel) -> SMGrid:
         return SMGrid(perf.total_sms, self.sm_granularity, self.min_sms)
@@ -178,7 +180,8 @@ def run_policy(workload: Sequence[WorkloadRequest], policy: str | Policy, config
             controller = SLOAwareResourceController(
                 config.slo, collector, rm, config.monitoring_interval, predictor=pol.predictor,
                 cooldown_seconds=config.cooldown_seconds, clock=clock, candidate_bounds=_bounds(config),
-                predictor_options=_predictor_options(pol.predictor, perf, config))
+                predictor_options=_predictor_options(pol.predictor, perf, config),
+                prefer_prefill=config.decode_borrows_idle_prefill)
         executor = SemiPDExecutor(workload, clock, collector, config.monitoring_interval, perf, prefill, decode, rm,
                                   on_progress=on_progress, host_s=host_s, host_per_seq_s=host_per_seq_s,
                                   prefill_host_per_seq_s=costs.prefill_host_per_seq_ms / 1e3,
@@ -222,9 +225,12 @@ def run_policy(workload: Sequence[WorkloadRequest], policy: str | Policy, config
     )
 
 
-def _bounds(config: SimConfig) -> CandidateBounds:
-    """The controller's bounds, as the engine derives them from its prefill range."""
-    lo, hi = config.min_prefill_percentage, config.max_prefill_percentage
+def _bounds(config: SimConfig) -> CandidateBounds | None:
+    """The controller's bounds from the configured prefill range (None: every split of the grid)."""
+    if config.min_prefill_percentage is None and config.max_prefill_percentage is None:
+        return None
+    lo = config.min_prefill_percentage if config.min_prefill_percentage is not None else 0.0
+    hi = config.max_prefill_percentage if config.max_prefill_percentage is not None else 100.0
     return CandidateBounds(min_prefill_percentage=lo, max_prefill_percentage=hi,
                            min_decode_percentage=100.0 - hi, max_decode_percentage=100.0 - lo)
 
@@ -233,6 +239,6 @@ def _predictor_options(predictor: str | None, perf: PerfModel, config: SimConfig
     """``slo:profile`` in the simulator predicts from the simulator's own performance model."""
     if predictor != "profile":
         return None
-    from semipd.sim.profile_predictor import PerfModelProfile
-
-    return {"profile": PerfModelProfile(perf, config.slo, config.max_prefill_tokens, config.max_decode_batch)}
+    return {"profile": perf, "max_prefill_tokens": config.max_prefill_tokens,
+            "max_decode_batch": config.max_decode_batch,
+            "decode_borrows_idle_prefill": config.decode_borrows_idle_prefill}

@@ -12,9 +12,9 @@ from collections.abc import Callable, Sequence
 
 from semipd.clock import VirtualClock
 from semipd.metrics.collector import SemiPDMetricsCollector
+from semipd.perf.model import PerfModel
 from semipd.sched import Batch, Request, RequestState, UnifiedScheduler
 from semipd.sim.executor import END, SimExecutor
-from semipd.sim.perf_model import PerfModel
 from semipd.workload import WorkloadRequest
 
 

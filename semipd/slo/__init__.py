@@ -15,6 +15,7 @@ from semipd.slo.predictors import (
     ProfilePredictor,
     available_predictors,
     create_predictor,
+    parse_predictor_spec,
     register_predictor,
 )
 
@@ -37,5 +38,6 @@ __all__ = [
     "available_predictors",
     "create_predictor",
     "generate_candidates",
+    "parse_predictor_spec",
     "register_predictor",
 ]

@@ -7,6 +7,11 @@ decode always gets the SMs prefill does not take, and the candidates are the gri
 realisable splits -N..+N grid steps from the current one, so a backend that splits in
 8-SM steps is only ever asked for splits it can make.
 
+The bounds default to the whole range: on a grid, every split it can realise (on an H100,
+16..116 prefill SMs); the seed's 20..80% stays available as explicit bounds. A split past
+80% prefill is where a prefill-heavy load is best served (decode needs few SMs when its batch
+is small), so a default cap there left the controller one step short of compliance.
+
 N is ``max_steps``. The seed uses 2; by default (None) every split within the bounds is a
 candidate, so one decision can make the move a violation needs instead of creeping 2 steps
 per decision and waiting for fresh samples after each: the size of the move follows the
@@ -27,13 +32,13 @@ from semipd.allocation import SMAllocation, SMGrid
 class CandidateBounds:
     """Where candidates may lie and how far one decision may move."""
 
-    min_prefill_percentage: float = 20.0
-    """Smallest prefill share a candidate may have, percent."""
-    max_prefill_percentage: float = 80.0
+    min_prefill_percentage: float = 0.0
+    """Smallest prefill share a candidate may have, percent (a candidate always gives each phase some)."""
+    max_prefill_percentage: float = 100.0
     """Largest prefill share a candidate may have, percent."""
-    min_decode_percentage: float = 20.0
+    min_decode_percentage: float = 0.0
     """Smallest decode share a candidate may have, percent."""
-    max_decode_percentage: float = 80.0
+    max_decode_percentage: float = 100.0
     """Largest decode share a candidate may have, percent."""
     adjustment_step: float = 10.0
     """One step in percent of the device (without a grid; a grid moves by its granularity)."""
@@ -46,8 +51,10 @@ class CandidateBounds:
             lo, hi = f"min_{phase}_percentage", f"max_{phase}_percentage"
             for name in (lo, hi):
                 value = getattr(self, name)
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 100:
-                    raise ValueError(f"{name} must be a number in (0, 100], got {value!r}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                    raise ValueError(f"{name} must be a number in [0, 100], got {value!r}")
+            if getattr(self, hi) <= 0:
+                raise ValueError(f"{hi} must be > 0, got {getattr(self, hi)!r}")
             if getattr(self, lo) > getattr(self, hi):
                 raise ValueError(f"{lo} must be <= {hi}, got {getattr(self, lo)} > {getattr(self, hi)}")
         step = self.adjustment_step
@@ -58,9 +65,11 @@ class CandidateBounds:
             raise ValueError(f"max_steps must be None or an integer >= 1, got {steps!r}")
 
     def admits(self, prefill: float, decode: float) -> bool:
-        """Whether a split lies inside the bounds (a tolerance absorbs float steps)."""
+        """Whether a split lies inside the bounds and gives each phase some SMs (a tolerance absorbs
+        float steps)."""
         eps = 1e-9
-        return (self.min_prefill_percentage - eps <= prefill <= self.max_prefill_percentage + eps
+        return (prefill > eps and decode > eps
+                and self.min_prefill_percentage - eps <= prefill <= self.max_prefill_percentage + eps
                 and self.min_decode_percentage - eps <= decode <= self.max_decode_percentage + eps
                 and prefill + decode <= 100 + eps)
 
@@ -69,9 +78,14 @@ class CandidateBounds:
 class ResourceAllocationCandidate:
     """One split under consideration, with what the predictor expects of it.
 
-    The prediction fields are None until predicted. ``overall_score`` follows the seed:
-    ``-predicted_throughput`` when both SLOs are predicted met, else infinity.
-    ``worst_ratio`` is max(predicted TTFT / target, predicted TPOT / target).
+    The prediction fields are None until predicted. ``predicted_ttft``, ``predicted_tpot`` and
+    ``predicted_throughput`` are the predictor's answer; ``expected_ttft`` and ``expected_tpot`` the
+    latencies the window is expected to read under this split (the predictor's answer relative to
+    its answer for the current split, anchored to what the window reads; see `semipd.slo.algorithm`);
+    ``predicted_attainment`` the share of requests expected to meet both SLOs. ``meets_slo`` and
+    ``worst_ratio`` (max(expected TTFT / target, expected TPOT / target)) follow the expected
+    latencies. ``overall_score`` is lower-is-better as in the seed, but ranks by attainment:
+    ``-predicted_attainment`` (the seed: ``-predicted_throughput`` when both SLOs are met).
     """
 
     prefill_percentage: float
@@ -82,6 +96,9 @@ class ResourceAllocationCandidate:
     meets_slo: bool = False
     worst_ratio: float = math.inf
     overall_score: float = math.inf
+    expected_ttft: float | None = None
+    expected_tpot: float | None = None
+    predicted_attainment: float | None = None
 
     @property
     def allocation(self) -> SMAllocation:
@@ -101,6 +118,9 @@ class ResourceAllocationCandidate:
             "predicted_throughput": self.predicted_throughput,
             "meets_slo": self.meets_slo,
             "worst_ratio": self.worst_ratio,
+            "expected_ttft": self.expected_ttft,
+            "expected_tpot": self.expected_tpot,
+            "predicted_attainment": self.predicted_attainment,
         }
 
 

@@ -30,31 +30,22 @@ pending (``switch_pending_for`` in its status). Then:
   split is better, so a move that is taking effect is not escalated. Windows that still
   mix splits never teach the predictor.
 
-The violation threshold. An SLO is violated above ``threshold x target`` (the seed's 1.1):
-the band between target and threshold is hysteresis, so a split chosen because it was
-predicted to meet the targets is not abandoned for a small miss. But a split can sit in
-the band for good (TTFT at 1.05x target is ~8% of requests late at P95). A miss that
-persists for ``persistent_miss_cycles`` evaluated cycles in a row is therefore acted on too,
-with a stricter rule than a violation: only a move to a split predicted to meet both SLOs
-(`SLOAlgorithm.decide` with ``require_feasible``), never a trade of one miss for another.
-The threshold keeps its meaning for what counts as a violation, and the controller is not
-stuck just under it.
+What a cycle moves to (`semipd.slo.algorithm`): the split with the highest predicted share
+of requests meeting both SLOs; only toward the phase whose SLO alone is missed; with an SLO
+violated (above ``threshold x target``, the seed's 1.1) on any predicted gain, otherwise
+(misses within the threshold, or both SLOs met) only on a gain of ``min_attainment_gain``:
+the band between target and threshold is hysteresis, and a split that keeps losing a few
+percent of its requests just under the threshold is still left when a better one is predicted.
 
-Anticipation. When nothing is violated or persistently missed but one SLO stands at
-``rebalance_above`` (0.8) of its target or more, the controller asks the algorithm for a
-split predicted to meet both SLOs with a worst ratio at least ``rebalance_gain`` lower
-(`SLOAlgorithm.pressing`). A load shifting toward decode shows as streaming TPOT climbing
-while TTFT falls; moving then, rather than at the violation, spares the requests already in
-the growing decode batch. A split whose two ratios are balanced offers no such gain, so a
-steady load is not moved back and forth.
+Predictions, checked. Each evaluated cycle records its prediction for the split it leaves in
+force (`Decision.prediction`), and the first later cycle whose window holds only samples of
+that split records what it read (`Decision.outcome`, through a `PredictionLedger`); the
+running errors are in `get_controller_status()` under ``prediction_accuracy``.
 
-Reversal memory. The controller remembers the latest split that violated TTFT alone and the
-latest that violated TPOT alone, for ``reversal_memory_seconds`` (None: off), and moves only
-strictly between them: after overshooting from a TTFT violation into a TPOT one, the way back
-stops short of the split that failed TTFT. A poor predictor (the seed's heuristic far from
-the current split) then closes in on a compliant split instead of swinging across the range.
-The memory is dropped early when contradicted - the SLO met with no more SMs for its phase
-than when it failed, or the other SLO now failing on the same side - as after a load change.
+Reversal memory (`semipd.slo.reversal_memory`). For ``reversal_memory_seconds`` (None: off)
+the controller moves only strictly between the latest split that violated TTFT alone and the
+latest that violated TPOT alone, as long as the load is the one they failed under, so that a
+poor predictor closes in on a compliant split instead of swinging across the range.
 
 Faults. A metrics source or status call that raises, an algorithm error, and a
 reallocation request that returns False or raises are each logged, counted and recorded
@@ -71,11 +62,13 @@ from typing import Any, Protocol
 from semipd.allocation import ResourceManager, SMAllocation, SMGrid
 from semipd.clock import Clock, RealClock
 from semipd.metrics.aggregated import AggregatedMetrics
-from semipd.slo.algorithm import SLOAlgorithm
+from semipd.slo.algorithm import Evaluation, SLOAlgorithm
 from semipd.slo.candidates import CandidateBounds
 from semipd.slo.constraints import SLOConstraints
 from semipd.slo.decision import Decision, format_split
+from semipd.slo.prediction_check import PredictionLedger, prediction_of
 from semipd.slo.predictors import Predictor
+from semipd.slo.reversal_memory import ReversalMemory
 from semipd.slo.window_reader import WindowReader
 
 logger = logging.getLogger(__name__)
@@ -93,16 +86,16 @@ class SLOAwareResourceController:
     """Moves SMs between prefill and decode to keep TTFT and TPOT within their SLOs.
 
     `process_rotation_manager` is any `ResourceManager`. `predictor` is a registered
-    predictor name or a `Predictor`; `predictor_options` go to its constructor.
-    `min_samples` TTFT (resp. TPOT) samples are needed in the window before that SLO is
-    judged. `clock` (default `RealClock`) times cycles and cooldowns. `settle_on_window`
-    and `escalate` govern the wait after a move with a source that cannot give a window since
-    a time, `shift_ratio` the load-shift detection with one that can (None: off; see
-    `semipd.slo.window_reader`), `persistent_miss_cycles` (None: never) the misses within the
-    violation threshold, and `reversal_memory_seconds` (None: off) the range moves stay in
-    (see the module docstring). The last `decision_log_size` decisions are kept.
-    `candidate_bounds`, `queue_min_waiting`, `min_improvement`, `monotone_moves` and
-    `rebalance_above` (None: no anticipation) configure the `SLOAlgorithm` (``controller.slo_algorithm``).
+    predictor spec (``paper``, ``profile:FILE``, ...) or a `Predictor`; `predictor_options`
+    go to its constructor. `min_samples` TTFT (resp. TPOT) samples are needed in the window
+    before that SLO is judged. `clock` (default `RealClock`) times cycles and cooldowns.
+    `settle_on_window` and `escalate` govern the wait after a move with a source that cannot
+    give a window since a time, `shift_ratio` the load-shift detection with one that can (None:
+    off; see `semipd.slo.window_reader`), and `reversal_memory_seconds` (None: off) the range
+    moves stay in (see the module docstring). The last `decision_log_size` decisions are kept.
+    `candidate_bounds`, `queue_min_waiting`, `min_improvement`, `monotone_moves`,
+    `min_attainment_gain`, `prefer_prefill`, `park_margin`, `rebalance_above` (None: no
+    anticipation) and `rebalance_gain` configure the `SLOAlgorithm` (``controller.slo_algorithm``).
     """
 
     def __init__(self, slo_constraints: SLOConstraints, metrics_collector: MetricsSource,
@@ -111,9 +104,10 @@ class SLOAwareResourceController:
                  clock: Clock | None = None, decision_log_size: int = 100, settle_on_window: bool = True,
                  candidate_bounds: CandidateBounds | None = None, queue_min_waiting: int | None = 8,
                  min_improvement: float = 0.05, predictor_options: dict[str, Any] | None = None,
-                 monotone_moves: bool = True, escalate: bool = True, persistent_miss_cycles: int | None = 3,
-                 rebalance_above: float | None = 0.8, reversal_memory_seconds: float | None = 60.0,
-                 shift_ratio: float | None = 2.0) -> None:
+                 monotone_moves: bool = True, escalate: bool = True, min_attainment_gain: float = 0.02,
+                 reversal_memory_seconds: float | None = 60.0, shift_ratio: float | None = 2.0,
+                 prefer_prefill: bool = True, park_margin: float = 0.8, rebalance_above: float | None = 0.8,
+                 rebalance_gain: float = 0.25) -> None:
         if not (isinstance(monitoring_interval, (int, float)) and monitoring_interval > 0):
             raise ValueError(f"monitoring_interval must be > 0, got {monitoring_interval!r}")
         if not (isinstance(cooldown_seconds, (int, float)) and cooldown_seconds >= 0):
@@ -123,10 +117,6 @@ class SLOAwareResourceController:
             raise ValueError(f"reversal_memory_seconds must be None or >= 0, got {reversal_memory_seconds!r}")
         if isinstance(decision_log_size, bool) or not isinstance(decision_log_size, int) or decision_log_size < 1:
             raise ValueError(f"decision_log_size must be an integer >= 1, got {decision_log_size!r}")
-        if persistent_miss_cycles is not None and (isinstance(persistent_miss_cycles, bool)
-                                                   or not isinstance(persistent_miss_cycles, int)
-                                                   or persistent_miss_cycles < 1):
-            raise ValueError(f"persistent_miss_cycles must be None or an integer >= 1, got {persistent_miss_cycles!r}")
         self.slo_constraints = slo_constraints
         self.metrics_collector = metrics_collector
         self.process_rotation_manager = process_rotation_manager
@@ -134,23 +124,23 @@ class SLOAwareResourceController:
         self.cooldown_seconds = float(cooldown_seconds)
         self.settle_on_window = settle_on_window
         self.escalate = escalate
-        self.persistent_miss_cycles = persistent_miss_cycles
         self.reversal_memory_seconds = None if reversal_memory_seconds is None else float(reversal_memory_seconds)
         self.clock: Clock = clock or RealClock()
         self.slo_algorithm = SLOAlgorithm(slo_constraints, predictor, candidate_bounds, min_samples,
                                           queue_min_waiting, min_improvement, predictor_options, monotone_moves,
-                                          rebalance_above)
+                                          min_attainment_gain, prefer_prefill, park_margin, rebalance_above,
+                                          rebalance_gain)
         self._reader = WindowReader(metrics_collector, 2.0 * self.monitoring_interval, shift_ratio, min_samples)
+        self._memory = None if reversal_memory_seconds is None else ReversalMemory(
+            reversal_memory_seconds, shift_ratio or 2.0)
         self._decisions: deque[Decision] = deque(maxlen=decision_log_size)
         self._stats = dict.fromkeys(("total_decisions", "total_adjustments", "successful_adjustments",
                                      "failed_adjustments", "errors", "status_errors", "metrics_errors",
                                      "algorithm_errors", "reallocation_errors"), 0)
         self._last_adjustment_time: float | None = None
         self._last_adjustment_violations: dict[str, float] = {}
-        self._miss_streak = 0
-        # (prefill share, time) of the latest split that violated TTFT alone / TPOT alone.
-        self._ttft_violated_at: tuple[float, float] | None = None
-        self._tpot_violated_at: tuple[float, float] | None = None
+        self._first_cycle: float | None = None
+        self._ledger = PredictionLedger()
         self._current_allocation: SMAllocation | None = None
         self._step_lock = threading.Lock()  # one cycle at a time
         self._state_lock = threading.Lock()  # stats and log, held briefly
@@ -202,6 +192,7 @@ class SLOAwareResourceController:
             with self._state_lock:
                 self._stats["total_decisions"] += 1
                 self._decisions.append(decision)
+                self._ledger.expect(decision)
             return decision
 
     def _fault(self, now: float, kind: str, what: str, exc: BaseException,
@@ -237,63 +228,57 @@ class SLOAwareResourceController:
             hold_reason, settled = self._settling(now, metrics, violations, pending)
             if hold_reason is not None:
                 return Decision(now, "hold", hold_reason, allocation, observation.summary(), violations)
-            pressing, why, gain = self._pressing(ratios, violations)
-            evaluation = algorithm.decide(observation, grid, learn=settled, violations=pressing,
-                                          require_feasible=bool(why), min_gain=gain,
-                                          prefill_range=self._prefill_range(now, allocation, ratios, violations))
+            step = 0.0 if grid is None else 100.0 * grid.granularity / grid.total_sms
+            prefill_range = (0.0, 100.0) if self._memory is None else self._memory.update(
+                now, observation, ratios, violations, step)
+            evaluation = algorithm.decide(observation, grid, learn=settled, prefill_range=prefill_range,
+                                          park=self._steady(now, metrics))
         except Exception as exc:
             return self._fault(now, "algorithm", "evaluating the window", exc, allocation)
+        if settled and evaluation.attainment is not None:
+            self._check_prediction(now, allocation, evaluation)
 
         record = dict(allocation=allocation, observed=observation.summary(), violations=violations,
                       current=evaluation.current, candidates=evaluation.candidates)
         choice = evaluation.choice
-        reason = f"{why}; {evaluation.reason}" if why else evaluation.reason
+        chosen = evaluation.current if choice is None else next(
+            (c for c in evaluation.candidates if c.allocation == choice), None)
+        if chosen is not None:
+            record["prediction"] = prediction_of(chosen)
         if choice is None:
-            return Decision(now, "keep", reason, **record)
+            logger.debug("SLO controller: keep %s (%s)", format_split(allocation), evaluation.reason)
+            return Decision(now, "keep", evaluation.reason, **record)
+        reason = evaluation.reason
         if not settled:
             reason = f"escalating, the last move is not helping yet; {reason}"
-        return self._reallocate(now, choice, reason, pressing, record)
+        return self._reallocate(now, choice, reason, violations, record)
 
-    def _pressing(self, ratios: dict[str, float],
-                  violations: dict[str, float]) -> tuple[dict[str, float], str, float]:
-        """What to act on: (SLOs and ratios, why when not a violation, gain a move must promise)."""
-        if violations:
-            self._miss_streak = 0
-            return violations, "", 0.0
-        misses = {slo: ratio for slo, ratio in ratios.items() if ratio > 1.0}
-        self._miss_streak = self._miss_streak + 1 if misses else 0
-        if misses and self.persistent_miss_cycles is not None and self._miss_streak >= self.persistent_miss_cycles:
-            return misses, (f"a miss within the violation threshold for {self._miss_streak} cycles ("
-                            + ", ".join(f"{slo} {ratio:.3g}x" for slo, ratio in misses.items()) + ")"), 0.0
-        algorithm = self.slo_algorithm
-        pressing = algorithm.pressing(ratios)
-        if not pressing:
-            return {}, "", 0.0
-        (slo, ratio), = pressing.items()
-        return pressing, f"anticipating: {slo} at {ratio:.3g}x its target", algorithm.rebalance_gain
+    def _steady(self, now: float, metrics: AggregatedMetrics) -> bool:
+        """Whether the split and the load have stood for a whole window (since the first cycle, the last
+        move and the last load shift): parking spare SMs with prefill waits for that much evidence."""
+        if self._first_cycle is None:
+            self._first_cycle = now
+        since = max(t for t in (self._first_cycle, self._last_adjustment_time, self._reader.shift_at) if t is not None)
+        return now - since >= metrics.window_end_time - metrics.window_start_time
 
-    def _prefill_range(self, now: float, allocation: SMAllocation, ratios: dict[str, float],
-                       violations: dict[str, float]) -> tuple[float, float]:
-        """Prefill shares a move may go to: strictly above the latest split that violated TTFT alone
-        and below the latest that violated TPOT alone, as long as that is recent and not contradicted
-        (see the module docstring)."""
-        memory = self.reversal_memory_seconds
-        if memory is None:
-            return 0.0, 100.0
-        x = allocation.prefill_percentage
-        low, high = self._ttft_violated_at, self._tpot_violated_at
-        if low is not None and (now - low[1] > memory or (ratios["ttft"] <= 1.0 and x <= low[0])):
-            low = None  # old, or TTFT is met with no more prefill than then: the load changed
-        if high is not None and (now - high[1] > memory or (ratios["tpot"] <= 1.0 and x >= high[0])):
-            high = None
-        if violations.keys() == {"ttft"}:
-            low = (x, now)
-        elif violations.keys() == {"tpot"}:
-            high = (x, now)
-        if low is not None and high is not None and low[0] >= high[0]:  # contradicted: keep the newer
-            low, high = (low, None) if low[1] >= high[1] else (None, high)
-        self._ttft_violated_at, self._tpot_violated_at = low, high
-        return (0.0 if low is None else low[0], 100.0 if high is None else high[0])
+    def _check_prediction(self, now: float, allocation: SMAllocation, evaluation: Evaluation) -> None:
+        """Fill in the outcome of the decision waiting for a window of `allocation` alone."""
+        with self._state_lock:
+            checked = self._ledger.check(now, allocation, evaluation.observation, evaluation.attainment)
+            if checked is None:
+                return
+            old, new = checked
+            for i in range(len(self._decisions) - 1, -1, -1):
+                if self._decisions[i] is old:
+                    self._decisions[i] = new
+                    break
+        outcome = new.outcome or {}
+        log = logger.info if old.action == "adjust" else logger.debug
+        log("SLO controller: %s predicted TTFT %s / TPOT %s ms, attainment %.3f; observed %.4g / %.4g ms, %.3f",
+            old.label, _fmt(old.prediction["ttft_ms"] if old.prediction else None),
+            _fmt(old.prediction["tpot_ms"] if old.prediction else None),
+            (old.prediction or {}).get("attainment") or 0.0, outcome.get("ttft_ms", 0.0),
+            outcome.get("tpot_ms", 0.0), outcome.get("attainment", 0.0))
 
     def _settling(self, now: float, metrics: AggregatedMetrics, violations: dict[str, float],
                   pending: bool) -> tuple[str | None, bool]:
@@ -349,7 +334,6 @@ class SLOAwareResourceController:
             self._reader.mark_switch(now)
             self._last_adjustment_violations = dict(violations)
             self._current_allocation = choice
-            self._miss_streak = 0
         else:
             logger.warning("SLO controller: reallocation %s -> %s refused%s", format_split(record["allocation"]),
                            format_split(choice), "" if error is None else f" ({error})")
@@ -367,11 +351,14 @@ class SLOAwareResourceController:
     def get_controller_status(self, num_decisions: int = 10) -> dict[str, Any]:
         """The seed's status dict: ``running``, ``current_allocation``, ``slo_constraints``,
         ``statistics`` (counts and ``success_rate``: successful / total adjustments, 0.0
-        before any) and ``recent_decisions`` (the last `num_decisions`, as dicts); also
-        ``predictor``, ``monitoring_interval``, ``cooldown_seconds``, ``last_adjustment_time``
-        and ``last_load_shift_time`` (controller clock seconds, None before any)."""
+        before any) and ``recent_decisions`` (the last `num_decisions`, as dicts, each with its
+        ``prediction`` and, once checked, its ``outcome``); also ``predictor``,
+        ``monitoring_interval``, ``cooldown_seconds``, ``last_adjustment_time``,
+        ``last_load_shift_time`` (controller clock seconds, None before any) and
+        ``prediction_accuracy`` (`PredictionLedger.summary`: how far checked predictions were off)."""
         with self._state_lock:
             stats: dict[str, Any] = dict(self._stats)
+            accuracy = self._ledger.summary()
         total = stats["total_adjustments"]
         stats["success_rate"] = stats["successful_adjustments"] / total if total else 0.0
         allocation = self._current_allocation
@@ -385,5 +372,10 @@ class SLOAwareResourceController:
             "last_adjustment_time": self._last_adjustment_time,
             "last_load_shift_time": self._reader.shift_at,
             "statistics": stats,
+            "prediction_accuracy": accuracy,
             "recent_decisions": [d.as_dict() for d in self.get_recent_decisions(num_decisions)],
         }
+
+
+def _fmt(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.4g}"

@@ -1,4 +1,10 @@
-"""`Decision`: the record of one controller cycle, kept in a bounded log."""
+"""`Decision`: the record of one controller cycle, kept in a bounded log.
+
+A cycle that evaluated candidates carries its `prediction` for the split it leaves in force
+(the one it moved to, or the one it kept): the TTFT and TPOT it expects the window to read
+and the share of requests it expects to meet both SLOs. Once a window of that split alone
+has been read, the controller fills in the `outcome`: what the window read, next to the
+prediction (`semipd.slo.controller`)."""
 
 from __future__ import annotations
 
@@ -42,6 +48,14 @@ class Decision:
     success: bool | None = None
     """Whether the resource manager accepted `choice`; None when nothing was requested."""
     error: str | None = None
+    prediction: dict[str, Any] | None = None
+    """For the split left in force: ``allocation``, ``ttft_ms`` and ``tpot_ms`` (expected at the SLO
+    percentiles), ``attainment`` (expected share of requests meeting both SLOs), and the predictor's
+    own ``predicted_ttft_ms`` / ``predicted_tpot_ms``."""
+    outcome: dict[str, Any] | None = None
+    """What followed, once checked: ``time``, the observed ``ttft_ms``, ``tpot_ms`` and ``attainment``,
+    and ``ttft_ratio`` / ``tpot_ratio`` (observed / expected) and ``attainment_error`` (observed -
+    expected). None until a window of the predicted split alone was read."""
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -70,4 +84,6 @@ class Decision:
             "choice": None if self.choice is None else self.choice.as_dict(),
             "success": self.success,
             "error": self.error,
+            "prediction": None if self.prediction is None else dict(self.prediction),
+            "outcome": None if self.outcome is None else dict(self.outcome),
         }

@@ -63,6 +63,10 @@ class Observation:
     """Samples behind `tpot_ms`: streaming ones when it is the streaming percentile, else completed ones."""
     metrics: AggregatedMetrics = field(repr=False, compare=False)
     """The window itself (profile-based predictors read it)."""
+    ttft_percentile: float = 95.0
+    """The percentile of TTFT held to its target (`SLOConstraints.ttft_percentile`)."""
+    tpot_percentile: float = 95.0
+    """The percentile of TPOT held to its target (`SLOConstraints.tpot_percentile`)."""
 
     @classmethod
     def from_metrics(cls, metrics: AggregatedMetrics, allocation: SMAllocation, slo: SLOConstraints,
@@ -96,6 +100,8 @@ class Observation:
             num_ttft_samples=metrics.num_ttft_samples,
             num_tpot_samples=num_streaming if streaming > 0 else metrics.num_tpot_samples,
             metrics=metrics,
+            ttft_percentile=slo.ttft_percentile,
+            tpot_percentile=slo.tpot_percentile,
         )
 
     @property

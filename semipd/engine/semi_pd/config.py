@@ -1,4 +1,4 @@
-"""`SemiPDConfig`: the options of ``mode="semi-pd"`` (no torch here), and their command-line flags.
+"""`SemiPDConfig`: the options of ``mode="semi-pd"`` (no torch at import), and their command-line flags.
 
 Controller modes:
 
@@ -6,13 +6,27 @@ Controller modes:
 - ``"static"``: the split stays at ``initial_prefill_sm_percent`` (or what ``set_allocation`` picks).
 - ``"off"``: no SM partitioning at all; both workers run concurrently over the whole GPU
   (the two-scheduler design without spatial isolation, for comparison).
+
+Predictors. ``--predictor profile`` forecasts with a performance model of the GPU + model:
+``--profile FILE`` names a profile written by ``semipd profile``; without it, the built-in
+model of the GPU and model in use (an H100 SXM with Llama-3.1-8B) when there is one, else the
+``paper`` predictor fitted online, and the log says which. The choice ends up in the
+predictor spec (``profile:FILE``, ``profile:llama-3.1-8b-h100`` or ``paper``) that the
+engine hands the controller, with the engine's scheduler limits (``max_num_batched_tokens``,
+``max_num_seqs``) and whether decode borrows prefill's idle SMs.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass, fields
 from typing import Any
+
+from semipd.perf.registry import builtin_for, get_perf_model
+from semipd.slo.predictors import parse_predictor_spec
+
+logger = logging.getLogger(__name__)
 
 CONTROLLERS = ("slo", "static", "off")
 
@@ -39,14 +53,19 @@ class SemiPDConfig:
     cooldown_seconds: float = 10.0
     """Seconds the controller waits after a move before judging the new split."""
     predictor: str = "paper"
-    """Controller predictor: ``"paper"`` (Eq. 1-4 fitted online), ``"heuristic"`` (the seed's), ..."""
+    """Controller predictor spec: ``"paper"`` (Eq. 1-4 fitted online), ``"heuristic"`` (the seed's),
+    ``"profile:FILE"`` (a profile from ``semipd profile``) or ``"profile:llama-3.1-8b-h100"`` (a
+    built-in performance model); see `resolve_predictor` for what ``--predictor profile`` picks."""
     reachable_prefill_sms: tuple[int, ...] | None = None
     """Prefill SM counts the engine pre-creates (and captures decode graphs for); None: every
     split of the grid between ``min_prefill_percent`` and ``max_prefill_percent``."""
-    min_prefill_percent: float = 20.0
-    """Smallest prefill share the controller may choose (percent); decode keeps the rest."""
-    max_prefill_percent: float = 80.0
-    """Largest prefill share the controller may choose (percent)."""
+    min_prefill_percent: float = 0.0
+    """Smallest prefill share the controller may choose (percent); decode keeps the rest. The
+    default, 0, leaves the grid's own limit: on an H100, 16 SMs a side."""
+    max_prefill_percent: float = 100.0
+    """Largest prefill share the controller may choose (percent), for operators who want a cap.
+    The default, 100, reaches every split the grid has: on an H100 up to 116 prefill SMs with
+    decode on 16 (which still borrows prefill's SMs while prefill is idle)."""
     max_graph_partitions: int = 16
     """Bound on the partitions that get a decode CUDA-graph set (graphs x partitions cost
     capture time and memory); more reachable partitions than this is a configuration error."""
@@ -77,15 +96,20 @@ class SemiPDConfig:
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
         if not _number(self.cooldown_seconds) or self.cooldown_seconds < 0:
             raise ValueError(f"cooldown_seconds must be a number >= 0, got {self.cooldown_seconds!r}")
-        for name in ("initial_prefill_sm_percent", "min_prefill_percent", "max_prefill_percent"):
+        if not _number(self.initial_prefill_sm_percent) or not 0 < self.initial_prefill_sm_percent < 100:
+            raise ValueError(f"initial_prefill_sm_percent must be a number in (0, 100), "
+                             f"got {self.initial_prefill_sm_percent!r}")
+        for name in ("min_prefill_percent", "max_prefill_percent"):
             value = getattr(self, name)
-            if not _number(value) or not 0 < value < 100:
-                raise ValueError(f"{name} must be a number in (0, 100), got {value!r}")
+            if not _number(value) or not 0 <= value <= 100:
+                raise ValueError(f"{name} must be a number in [0, 100], got {value!r}")
         if self.min_prefill_percent > self.max_prefill_percent:
             raise ValueError(f"min_prefill_percent must be <= max_prefill_percent, got {self.min_prefill_percent} "
                              f"> {self.max_prefill_percent}")
-        if not isinstance(self.predictor, str) or not self.predictor:
-            raise ValueError(f"predictor must be a non-empty string, got {self.predictor!r}")
+        name, argument = parse_predictor_spec(self.predictor)
+        if name == "profile" and argument is None:
+            raise ValueError("predictor 'profile' needs a profile: 'profile:FILE' (from semipd profile) or "
+                             "'profile:llama-3.1-8b-h100'; on the command line, --predictor profile picks one")
         if self.reachable_prefill_sms is not None:
             sms = self.reachable_prefill_sms
             if not isinstance(sms, tuple) or not sms or not all(
@@ -116,9 +140,19 @@ def add_semipd_arguments(parser: argparse.ArgumentParser) -> None:
                    help="prefill's share of the SMs at start, percent (nearest realisable split)")
     g.add_argument("--monitoring-interval", type=float, default=d.monitoring_interval,
                    help="seconds between controller cycles")
-    g.add_argument("--predictor", default=d.predictor, help="controller predictor (paper, heuristic, ...)")
+    g.add_argument("--predictor", default=d.predictor,
+                   help="controller predictor: paper (fitted online), heuristic (the seed's) or profile (a "
+                        "performance profile: --profile FILE, else the built-in one of this GPU and model, "
+                        "else paper)")
+    g.add_argument("--profile", metavar="FILE", default=None,
+                   help="profile JSON from `semipd profile` for --predictor profile")
     g.add_argument("--reachable-prefill-sms", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
                    help="comma-separated prefill SM counts to pre-create (default: the controller's range)")
+    g.add_argument("--min-prefill-percent", type=float, default=d.min_prefill_percent,
+                   help="smallest prefill share the controller may choose, percent (default: the grid's limit)")
+    g.add_argument("--max-prefill-percent", type=float, default=d.max_prefill_percent,
+                   help="largest prefill share the controller may choose, percent, to cap it (default: no cap "
+                        "beyond the grid's: on an H100, 116 of 132 SMs)")
     g.add_argument("--no-decode-borrow", dest="decode_borrows_idle_prefill", action="store_false", default=None,
                    help="keep decode on its own SMs even while prefill is idle")
     g.add_argument("--max-graph-partitions", type=int, default=d.max_graph_partitions,
@@ -126,7 +160,56 @@ def add_semipd_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def semipd_config_from_args(args: argparse.Namespace) -> SemiPDConfig:
-    """A `SemiPDConfig` from parsed `add_semipd_arguments` options (missing ones keep defaults)."""
+    """A `SemiPDConfig` from parsed `add_semipd_arguments` options (missing ones keep defaults);
+    ``--predictor``/``--profile`` become a predictor spec (`resolve_predictor`, which reads the
+    engine's ``--model`` and ``--device``)."""
     names = {f.name for f in fields(SemiPDConfig)}
     kwargs: dict[str, Any] = {n: v for n, v in vars(args).items() if n in names and v is not None}
+    if "predictor" in kwargs or getattr(args, "profile", None) is not None:
+        kwargs["predictor"] = resolve_predictor(kwargs.get("predictor", SemiPDConfig.predictor),
+                                                getattr(args, "profile", None), getattr(args, "model", None),
+                                                getattr(args, "device", None))
     return SemiPDConfig(**kwargs)
+
+
+def resolve_predictor(predictor: str, profile: str | None, model: str | None, device: str | None) -> str:
+    """The predictor spec for ``--predictor PREDICTOR [--profile FILE]`` with `model` on `device`:
+
+    - ``profile`` with a profile FILE: ``profile:FILE`` (the file is read now, so a bad one fails at start);
+    - ``profile`` alone: ``profile:NAME`` for the built-in model of this GPU and model, else ``paper``
+      (logged: this GPU and model have no profile, so the paper predictor is fitted online instead);
+    - anything else: unchanged (a profile FILE with another predictor is an error).
+    """
+    name, argument = parse_predictor_spec(predictor)
+    if profile is not None:
+        if name != "profile" or argument is not None:
+            raise ValueError(f"profile: --profile goes with --predictor profile, got --predictor {predictor}")
+        get_perf_model(profile)
+        logger.info("SLO controller: predictor profile from %s", profile)
+        return f"profile:{profile}"
+    if name != "profile" or argument is not None:
+        return predictor
+    gpu = _gpu(device)
+    builtin = None if gpu is None or model is None else builtin_for(gpu[0], gpu[1], model)
+    if builtin is None:
+        where = "no CUDA device" if gpu is None else f"{gpu[0]} ({gpu[1]} SMs)"
+        logger.warning("SLO controller: no performance profile for %s on %s (run `semipd profile` and pass "
+                       "--profile FILE); using the paper predictor, fitted online", model, where)
+        return "paper"
+    logger.info("SLO controller: predictor profile from the built-in %s model", builtin)
+    return f"profile:{builtin}"
+
+
+def _gpu(device: str | None) -> tuple[str, int] | None:
+    """(name, SM count) of the CUDA device `device` names ("auto"/None: the current one), or None
+    when it is the CPU or CUDA is not there."""
+    if device == "cpu":
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    index = int(device.split(":", 1)[1]) if device and device.startswith("cuda:") else torch.cuda.current_device()
+    return torch.cuda.get_device_name(index), torch.cuda.get_device_properties(index).multi_processor_count

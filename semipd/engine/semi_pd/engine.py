@@ -63,6 +63,7 @@ from semipd.sched import (
 )
 from semipd.sched.ops import check_fits
 from semipd.slo import CandidateBounds, SLOAwareResourceController, SLOConstraints
+from semipd.slo.predictors import parse_predictor_spec
 
 logger = logging.getLogger(__name__)
 
@@ -148,10 +149,16 @@ class SemiPDEngine:
         lo, hi = 100.0 * reachable[0] / grid.total_sms, 100.0 * reachable[-1] / grid.total_sms
         bounds = CandidateBounds(min_prefill_percentage=lo, max_prefill_percentage=hi,
                                  min_decode_percentage=100.0 - hi, max_decode_percentage=100.0 - lo)
+        options = None
+        if parse_predictor_spec(c.predictor)[0] == "profile":  # forecast with this engine's limits
+            options = {"max_prefill_tokens": self.config.max_num_batched_tokens,
+                       "max_decode_batch": self.config.max_num_seqs,
+                       "decode_borrows_idle_prefill": c.decode_borrows_idle_prefill}
         return SLOAwareResourceController(
             SLOConstraints(ttft_target_ms=c.slo_ttft_ms, tpot_target_ms=c.slo_tpot_ms), self.metrics_collector,
             self.partitions, monitoring_interval=c.monitoring_interval, predictor=c.predictor,
-            cooldown_seconds=c.cooldown_seconds, candidate_bounds=bounds)
+            cooldown_seconds=c.cooldown_seconds, candidate_bounds=bounds, predictor_options=options,
+            prefer_prefill=c.decode_borrows_idle_prefill)
 
     def _start(self) -> None:
         # What start-up built (model, graphs, caches) lives as long as the engine: keep it out of

@@ -1,7 +1,9 @@
 """Measured performance profiles: tables of iteration times over SM counts, interpolated.
 
 `semipd profile` measures a GPU + model and writes a profile; `load_profile` (also
-`get_perf_model("path.json")`) turns it into a `PerfModel`. `profile_from_model` samples any
+`get_perf_model("path.json")`) turns it into a `PerfModel`, which the simulator
+(``semipd simulate --perf-model FILE``) and the engine's ``profile`` predictor
+(``semipd serve --predictor profile --profile FILE``) read. `profile_from_model` samples any
 `PerfModel` on a grid into the same format (to test the format, or to seed a profile).
 
 Format (JSON object, all times in milliseconds)::
@@ -26,11 +28,16 @@ Format (JSON object, all times in milliseconds)::
       },
       "interference": {
         "splits": [[16, 116], [32, 100], ...],  # [prefill SMs, decode SMs], measured running together
+                                               # (disjoint SMs; a device without partitions: [total, total])
         "prefill_slowdown": [1.03, ...],       # prefill time together / alone, per split (>= 1)
         "decode_slowdown": [1.10, ...]         # decode time together / alone, per split (>= 1)
       },
-      "meta": {...}                            # free-form: device, driver, versions, date
+      "host_overhead_ms": {"prefill": 0.9, "decode": 0.4},  # optional (default 0): host time per step,
+                                               # serial with the device (inputs, launches, read-back)
+      "meta": {...}                            # free-form: device, model, versions, date
     }
+
+The tables hold device time; a step takes its table time plus the phase's host overhead.
 
 Interpolation is multilinear, in 1/SMs along the SM axis (time ~ 1/SMs when compute-bound)
 and linear in tokens, batch and KV tokens, extrapolating linearly beyond the grid. A batch
@@ -51,7 +58,16 @@ from typing import Any
 
 import numpy as np
 
-from semipd.sim.perf_model import Chunks, PerfModel, _check_decode, _interp_table, _kv_capacity
+from semipd.perf.model import (
+    PHASES,
+    Chunks,
+    PerfModel,
+    check_chunk,
+    check_decode,
+    check_phase,
+    interp_table,
+    kv_capacity,
+)
 
 FORMAT = "semipd-profile/1"
 _MIN_TIME_S = 1e-6
@@ -75,6 +91,8 @@ class ProfilePerfModel(PerfModel):
         splits = [(int(p), int(d)) for p, d in inter["splits"]]
         self._pre_slow = _table([p for p, _ in splits], inter["prefill_slowdown"])
         self._dec_slow = _table([d for _, d in splits], inter["decode_slowdown"])
+        host = profile.get("host_overhead_ms") or {}
+        self._host_s = {phase: float(host.get(phase, 0.0)) / 1e3 for phase in PHASES}
 
     @classmethod
     def from_file(cls, path: str | Path) -> ProfilePerfModel:
@@ -91,24 +109,25 @@ class ProfilePerfModel(PerfModel):
         return f"ProfilePerfModel({self.name!r})"
 
     def prefill_time(self, chunks: Chunks, sms: int) -> float:
-        self._check_sms(sms)
+        self.check_sms(sms)
         if not chunks:
             return 0.0
-        total = sum(_check_chunk(n, c) for n, c in chunks)
+        total = sum(check_chunk(n, c) for n, c in chunks)
         pairs = sum(n * (c - n) + n * (n + 1) // 2 for n, c in chunks)
         table_ms = _interp(self._pre_ms, self._pre_axes, (-1.0 / sms, total))
         extra_ms = self._pair_ms * (pairs - total * (total + 1) // 2) * self.total_sms / sms
-        return max(_MIN_TIME_S, (table_ms + extra_ms) / 1e3)
+        return max(_MIN_TIME_S, (table_ms + extra_ms) / 1e3) + self._host_s["prefill"]
 
     def decode_time(self, batch_size: int, total_kv_tokens: int, sms: int) -> float:
-        self._check_sms(sms)
-        _check_decode(batch_size, total_kv_tokens)
+        self.check_sms(sms)
+        check_decode(batch_size, total_kv_tokens)
         if batch_size == 0:
             return 0.0
-        return max(_MIN_TIME_S, _interp(self._dec_ms, self._dec_axes, (-1.0 / sms, batch_size, total_kv_tokens)) / 1e3)
+        table_ms = _interp(self._dec_ms, self._dec_axes, (-1.0 / sms, batch_size, total_kv_tokens))
+        return max(_MIN_TIME_S, table_ms / 1e3) + self._host_s["decode"]
 
     def mixed_time(self, chunks: Chunks, batch_size: int, total_kv_tokens: int) -> float:
-        _check_decode(batch_size, total_kv_tokens)
+        check_decode(batch_size, total_kv_tokens)
         full = self.total_sms
         if batch_size == 0:
             return self.prefill_time(chunks, full)
@@ -121,18 +140,18 @@ class ProfilePerfModel(PerfModel):
         return max(_MIN_TIME_S, linear + max(kv_read, 0.0))
 
     def interference(self, prefill_sms: int, decode_sms: int) -> tuple[float, float]:
-        self._check_sms(prefill_sms)
-        self._check_sms(decode_sms)
-        return _interp_table(self._pre_slow, prefill_sms), _interp_table(self._dec_slow, decode_sms)
+        self.check_sms(prefill_sms)
+        self.check_sms(decode_sms)
+        return interp_table(self._pre_slow, prefill_sms), interp_table(self._dec_slow, decode_sms)
 
     def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
         p = self.profile
-        return _kv_capacity(p["memory_bytes"], gpu_memory_utilization, p["weight_bytes"],
-                            p["activation_reserve_bytes"], p["kv_bytes_per_token"])
+        return kv_capacity(p["memory_bytes"], gpu_memory_utilization, p["weight_bytes"],
+                           p["activation_reserve_bytes"], p["kv_bytes_per_token"])
 
-    def _check_sms(self, sms: int) -> None:
-        if not 1 <= sms <= self.total_sms:
-            raise ValueError(f"sms must be in [1, {self.total_sms}], got {sms}")
+    def host_overhead_s(self, phase: str) -> float:
+        check_phase(phase)
+        return self._host_s[phase]
 
 
 def profile_from_model(
@@ -148,10 +167,12 @@ def profile_from_model(
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Sample `model` on the given grids into a profile dict. `memory` holds the profile's
-    `memory_bytes`, `weight_bytes`, `activation_reserve_bytes` and `kv_bytes_per_token`."""
+    `memory_bytes`, `weight_bytes`, `activation_reserve_bytes` and `kv_bytes_per_token`. The
+    model's host overhead goes to ``host_overhead_ms`` and is taken out of the tables."""
     probe_n, probe_c = 256, 4096
     pair_s = (model.prefill_time([(probe_n, probe_c)], model.total_sms)
               - model.prefill_time([(probe_n, probe_n)], model.total_sms)) / (probe_n * (probe_c - probe_n))
+    host = {phase: model.host_overhead_s(phase) for phase in PHASES}
     profile = {
         "format": FORMAT,
         "name": name,
@@ -160,17 +181,19 @@ def profile_from_model(
                                        "kv_bytes_per_token")},
         "prefill": {
             "sms": list(sms), "tokens": list(tokens), "attention_pair_ms": pair_s * 1e3,
-            "time_ms": [[model.prefill_time([(t, t)], s) * 1e3 for t in tokens] for s in sms],
+            "time_ms": [[(model.prefill_time([(t, t)], s) - host["prefill"]) * 1e3 for t in tokens] for s in sms],
         },
         "decode": {
             "sms": list(sms), "batch": list(batch), "kv_tokens": list(kv_tokens),
-            "time_ms": [[[model.decode_time(b, k, s) * 1e3 for k in kv_tokens] for b in batch] for s in sms],
+            "time_ms": [[[(model.decode_time(b, k, s) - host["decode"]) * 1e3 for k in kv_tokens] for b in batch]
+                        for s in sms],
         },
         "interference": {
             "splits": [[p, d] for p, d in splits],
             "prefill_slowdown": [model.interference(p, d)[0] for p, d in splits],
             "decode_slowdown": [model.interference(p, d)[1] for p, d in splits],
         },
+        "host_overhead_ms": {phase: seconds * 1e3 for phase, seconds in host.items()},
         "meta": dict(meta or {}),
     }
     _validate(profile)
@@ -210,14 +233,21 @@ def _validate(p: dict[str, Any]) -> None:
     _check_axis("decode.kv_tokens", dec["kv_tokens"], 0, math.inf)
     _check_times("decode.time_ms", dec["time_ms"], (len(dec["sms"]), len(dec["batch"]), len(dec["kv_tokens"])))
     splits = inter["splits"]
-    if not splits or any(len(s) != 2 or s[0] < 1 or s[1] < 1 or s[0] + s[1] > total for s in splits):
-        raise ValueError(f"interference.splits must be [prefill_sms, decode_sms] pairs within {total} SMs")
+    if not splits or any(len(s) != 2 or not 1 <= s[0] <= total or not 1 <= s[1] <= total for s in splits):
+        raise ValueError(f"interference.splits must be [prefill_sms, decode_sms] pairs of 1..{total} SMs")
     for key in ("prefill_slowdown", "decode_slowdown"):
         values = inter[key]
         if len(values) != len(splits) or any(not v >= 1.0 for v in values):
             raise ValueError(f"interference.{key} must hold one slowdown >= 1 per split")
     _table([s[0] for s in splits], inter["prefill_slowdown"])
     _table([s[1] for s in splits], inter["decode_slowdown"])
+    host = p.get("host_overhead_ms")
+    if host is not None:
+        if not isinstance(host, dict) or set(host) - set(PHASES):
+            raise ValueError(f"host_overhead_ms must be an object with keys among {list(PHASES)}, got {host!r}")
+        for phase, value in host.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ValueError(f"host_overhead_ms.{phase} must be a finite number >= 0, got {value!r}")
 
 
 def _check_axis(field: str, values: Sequence[float], lo: float, hi: float) -> None:
@@ -257,9 +287,3 @@ def _interp(values: np.ndarray, axes: Sequence[np.ndarray], point: Sequence[floa
         w = (x - axis[i]) / (axis[i + 1] - axis[i])
         result = (1.0 - w) * result[i] + w * result[i + 1]
     return float(result)
-
-
-def _check_chunk(n: int, c: int) -> int:
-    if n < 1 or c < n:
-        raise ValueError(f"chunks: need new_tokens >= 1 and context_len_after >= new_tokens, got {(n, c)}")
-    return n

@@ -1,14 +1,10 @@
-"""How long GPU work takes: the simulator's performance models.
+"""`AnalyticalPerfModel`: a roofline of a transformer on a GPU, and the built-in H100 + Llama-3.1-8B.
 
-A `PerfModel` answers how long one prefill iteration, one decode step, or one mixed
-(unified) batch takes on a number of SMs, how much the two phases slow each other down
-when they run side by side, and how many KV tokens fit in memory.
-
-`AnalyticalPerfModel` is a roofline. An iteration runs GEMMs (linear layers and logits: the
-weights are read once, 2 * params FLOPs per token) and attention kernels (KV tokens read and
-written, 4 * layers * heads * head_dim FLOPs per (query, key) pair, causal). Each kind takes
-a smooth maximum of bytes / bandwidth(SMs) and FLOPs / compute rate(SMs); being separate
-kernels, their times add, plus a fixed per-iteration overhead (launch gaps, sampling).
+An iteration runs GEMMs (linear layers and logits: the weights are read once, 2 * params
+FLOPs per token) and attention kernels (KV tokens read and written, 4 * layers * heads *
+head_dim FLOPs per (query, key) pair, causal). Each kind takes a smooth maximum of
+bytes / bandwidth(SMs) and FLOPs / compute rate(SMs); being separate kernels, their times
+add, plus a fixed per-step host overhead (launch gaps, sampling, bookkeeping).
 
 - bandwidth(s) = (BW_max^-p + (s * bw_per_sm)^-p)^(-1/p): linear in SMs for few SMs,
   saturating near BW_max (decode reaches near-full bandwidth with ~48-64 SMs);
@@ -22,49 +18,13 @@ counts and 8 token counts (DESIGN.md "Measured facts"); the calibration points (
 prefill on 132/96/64/32 SMs, batch-64 decode on 132/64/48/32/16 SMs) are within 8%.
 The interference tables are the measured slowdowns of a 2048-token prefill and a batch-64
 decode step running together on disjoint green contexts.
-
-Measured profiles (`load_profile`) replace the roofline by interpolated tables; their
-format is described in `semipd.sim.profiles`.
 """
 
 from __future__ import annotations
 
-import math
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
-
-Chunks = Sequence[tuple[int, int]]
-
-
-class PerfModel(ABC):
-    """Execution times of one GPU + model. Times are seconds, running alone unless stated."""
-
-    name: str
-    total_sms: int
-
-    @abstractmethod
-    def prefill_time(self, chunks: Chunks, sms: int) -> float:
-        """One prefill iteration: `chunks` are (new_tokens, context_len_after) per sequence."""
-
-    @abstractmethod
-    def decode_time(self, batch_size: int, total_kv_tokens: int, sms: int) -> float:
-        """One decode step of `batch_size` sequences holding `total_kv_tokens` KV tokens in all."""
-
-    @abstractmethod
-    def mixed_time(self, chunks: Chunks, batch_size: int, total_kv_tokens: int) -> float:
-        """One mixed batch (prefill chunks + decode sequences) on the whole GPU (unified baseline)."""
-
-    @abstractmethod
-    def interference(self, prefill_sms: int, decode_sms: int) -> tuple[float, float]:
-        """(prefill slowdown, decode slowdown), both >= 1, when the phases run at the same time."""
-
-    @abstractmethod
-    def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
-        """Tokens of KV cache that fit in the memory left after weights and activations."""
+from semipd.perf.model import Chunks, PerfModel, check_chunk, check_decode, check_phase, interp_table, kv_capacity
 
 
 @dataclass(frozen=True)
@@ -209,25 +169,25 @@ class AnalyticalPerfModel(PerfModel):
 
     def linear_time(self, tokens: int, sms: int) -> float:
         """The linear layers alone (no attention, logits or overhead): the calibrated part."""
-        self._check_sms(sms)
+        self.check_sms(sms)
         m = self.model
         return self.gpu.roofline(m.linear_params * m.dtype_bytes, 2.0 * m.linear_params * tokens, sms)
 
     def prefill_time(self, chunks: Chunks, sms: int) -> float:
-        self._check_sms(sms)
+        self.check_sms(sms)
         if not chunks:
             return 0.0
         return self.gpu.prefill_overhead_s + self._time(_Work.of_prefill(chunks), sms)
 
     def decode_time(self, batch_size: int, total_kv_tokens: int, sms: int) -> float:
-        self._check_sms(sms)
-        _check_decode(batch_size, total_kv_tokens)
+        self.check_sms(sms)
+        check_decode(batch_size, total_kv_tokens)
         if batch_size == 0:
             return 0.0
         return self.gpu.decode_overhead_s + self._time(_Work.of_decode(batch_size, total_kv_tokens), sms)
 
     def mixed_time(self, chunks: Chunks, batch_size: int, total_kv_tokens: int) -> float:
-        _check_decode(batch_size, total_kv_tokens)
+        check_decode(batch_size, total_kv_tokens)
         if not chunks and batch_size == 0:
             return 0.0
         work, overhead = _Work(), 0.0
@@ -239,14 +199,18 @@ class AnalyticalPerfModel(PerfModel):
         return overhead + self._time(work, self.total_sms)
 
     def interference(self, prefill_sms: int, decode_sms: int) -> tuple[float, float]:
-        self._check_sms(prefill_sms)
-        self._check_sms(decode_sms)
-        return (_interp_table(self.gpu.prefill_interference, prefill_sms),
-                _interp_table(self.gpu.decode_interference, decode_sms))
+        self.check_sms(prefill_sms)
+        self.check_sms(decode_sms)
+        return (interp_table(self.gpu.prefill_interference, prefill_sms),
+                interp_table(self.gpu.decode_interference, decode_sms))
 
     def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
-        return _kv_capacity(self.gpu.memory_bytes, gpu_memory_utilization, self.model.weight_bytes,
-                            self.gpu.activation_reserve_bytes, self.model.kv_bytes_per_token)
+        return kv_capacity(self.gpu.memory_bytes, gpu_memory_utilization, self.model.weight_bytes,
+                           self.gpu.activation_reserve_bytes, self.model.kv_bytes_per_token)
+
+    def host_overhead_s(self, phase: str) -> float:
+        check_phase(phase)
+        return self.gpu.prefill_overhead_s if phase == "prefill" else self.gpu.decode_overhead_s
 
     def _time(self, work: _Work, sms: int) -> float:
         """GEMMs (linear layers and logits, weights read once) then attention: separate kernels,
@@ -257,75 +221,6 @@ class AnalyticalPerfModel(PerfModel):
         attn_bytes = work.kv_tokens_moved * m.kv_bytes_per_token
         attn_flops = m.attention_flops_per_pair * work.attention_pairs / gpu.attention_efficiency
         return gpu.roofline(gemm_bytes, gemm_flops, sms) + gpu.roofline(attn_bytes, attn_flops, sms)
-
-    def _check_sms(self, sms: int) -> None:
-        if not 1 <= sms <= self.total_sms:
-            raise ValueError(f"sms must be in [1, {self.total_sms}], got {sms}")
-
-
-# --------------------------------------------------------------------------- registry
-
-_BUILTIN = {"llama-3.1-8b-h100": (LLAMA_3_1_8B, H100_SXM)}
-# Model names (as a --model-path would spell them, normalised) -> built-in perf model.
-_ALIASES = {
-    "llama-3.1-8b": "llama-3.1-8b-h100",
-    "llama-3.1-8b-instruct": "llama-3.1-8b-h100",
-    "meta-llama-3.1-8b": "llama-3.1-8b-h100",
-    "meta-llama-3.1-8b-instruct": "llama-3.1-8b-h100",
-}
-
-
-def known_perf_models() -> list[str]:
-    """Names `get_perf_model` accepts (besides model paths of these models and profile files)."""
-    return sorted(_BUILTIN)
-
-
-def get_perf_model(name: str) -> PerfModel:
-    """A built-in model by name (`llama-3.1-8b-h100`), by model name or path
-    (`meta-llama/Llama-3.1-8B-Instruct`, `llama-3.1-8b`), or a measured profile (`*.json`)."""
-    if name.endswith(".json"):
-        return load_profile(name)
-    key = _normalise(name)
-    key = _ALIASES.get(key, key)
-    if key not in _BUILTIN:
-        raise ValueError(
-            f"unknown perf model {name!r}; known: {', '.join(known_perf_models())} "
-            f"(also model names {', '.join(sorted(_ALIASES))}, or a profile .json from `semipd profile`)"
-        )
-    model, gpu = _BUILTIN[key]
-    return AnalyticalPerfModel(key, model, gpu)
-
-
-def load_profile(path: str | Path) -> PerfModel:
-    """A measured profile (JSON, format in `semipd.sim.profiles`) as a `PerfModel`."""
-    from semipd.sim.profiles import ProfilePerfModel
-
-    return ProfilePerfModel.from_file(path)
-
-
-def _normalise(name: str) -> str:
-    """`meta-llama/Llama-3.1-8B-Instruct`, `/models/Llama-3.1-8B/` -> `llama-3.1-8b-instruct`, `llama-3.1-8b`."""
-    return name.strip().rstrip("/").rsplit("/", 1)[-1].lower().replace("_", "-")
-
-
-# --------------------------------------------------------------------------- helpers (shared with profiles)
-
-
-def _interp_table(table: Sequence[tuple[int, float]], x: float) -> float:
-    """Piecewise-linear in `x`, flat beyond the ends, never below 1."""
-    xs = [float(s) for s, _ in table]
-    ys = [float(f) for _, f in table]
-    return max(1.0, float(np.interp(x, xs, ys)))
-
-
-def _kv_capacity(memory_bytes: float, utilization: float, weight_bytes: float, reserve_bytes: float,
-                 kv_bytes_per_token: float) -> int:
-    if not 0 < utilization <= 1 or not math.isfinite(utilization):
-        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")
-    free = memory_bytes * utilization - weight_bytes - reserve_bytes
-    if free <= 0:
-        raise ValueError(f"gpu_memory_utilization={utilization} leaves no memory for the KV cache")
-    return int(free // kv_bytes_per_token)
 
 
 @dataclass(frozen=True)
@@ -346,8 +241,7 @@ class _Work:
     def of_prefill(chunks: Chunks) -> _Work:
         work = _Work()
         for n, c in chunks:
-            if n < 1 or c < n:
-                raise ValueError(f"chunks: need new_tokens >= 1 and context_len_after >= new_tokens, got {(n, c)}")
+            check_chunk(n, c)
             # KV written for the new tokens and read for the earlier context; causal attention:
             # each new token sees the earlier context and the new tokens up to itself.
             work = work + _Work(n, 1, c, n * (c - n) + n * (n + 1) // 2)
@@ -356,10 +250,3 @@ class _Work:
     @staticmethod
     def of_decode(batch_size: int, total_kv_tokens: int) -> _Work:
         return _Work(batch_size, batch_size, total_kv_tokens + batch_size, total_kv_tokens)
-
-
-def _check_decode(batch_size: int, total_kv_tokens: int) -> None:
-    if batch_size < 0:
-        raise ValueError(f"batch_size must be >= 0, got {batch_size}")
-    if total_kv_tokens < 0:
-        raise ValueError(f"total_kv_tokens must be >= 0, got {total_kv_tokens}")
