@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from semipd.allocation import SMAllocation
-from semipd.engine.core.interface import QueueFullError, RequestFailedError
+from semipd.engine.core.interface import QueueFullError, RequestFailedError, stream_outputs
 from semipd.engine.engine import Engine
 from semipd.engine.errors import StepError
 from semipd.engine.output_processor import OutputProcessor
@@ -131,20 +131,8 @@ class AsyncEngine:
             self._streams[rid] = stream
             self._adds.append((rid, list(prompt_token_ids), params))
             self._cond.notify()
-        finished = False
-        try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
-        finally:
-            if not finished:
-                self.abort(rid)
+        async for out in stream_outputs(stream.queue, lambda: self.abort(rid)):
+            yield out
 
     def abort(self, rid: str) -> None:
         """Abort `rid` at the next iteration boundary (thread-safe); its stream gets a final

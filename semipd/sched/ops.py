@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from semipd.sched.base import StopChecker
 from semipd.sched.batch import PrefillChunk
 from semipd.sched.block_allocator import BlockAllocator
-from semipd.sched.request import Request, RequestState
+from semipd.sched.request import PENDING_TOKEN, Request, RequestState
 
 
 def check_fits(allocator: BlockAllocator, request: Request) -> None:
@@ -78,6 +78,26 @@ def abort(request: Request, allocator: BlockAllocator, fence: int | None = None)
     allocator.free(request, fence)
     request.finish_reason = "abort"
     request.transition(RequestState.ABORTED)
+
+
+def fill_pending_token(request: Request, index: int, token: int) -> bool:
+    """Put `token` where `request` holds a pending token at `index` (`Request.drop_pending_tokens`);
+    False when there is none there any more (aborted, preempted, or it got no token)."""
+    ids = request.output_token_ids
+    if index < 0 or request.state is RequestState.ABORTED or index >= len(ids) or ids[index] != PENDING_TOKEN:
+        return False
+    ids[index] = token
+    return True
+
+
+def pending_stop(request: Request, token: int, stop_checker: StopChecker | None) -> str | None:
+    """The stop reason for a token just filled in, for a request still running; a request already
+    finished by length takes the stop reason instead (as `append_and_check` would have given it)."""
+    reason = stop_checker(request, token) if stop_checker is not None else None
+    if reason is not None and request.is_finished:
+        request.finish_reason = reason
+        return None
+    return reason
 
 
 def apply_prefill_chunks(chunks: Sequence[PrefillChunk], tokens: Sequence[int] | None,

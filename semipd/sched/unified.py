@@ -214,16 +214,11 @@ class UnifiedScheduler:
         with self._lock:
             stopped = False
             for (r, idx), token in zip(advanced.slots, tokens, strict=True):
-                ids = r.output_token_ids
-                if idx < 0 or r.state is RequestState.ABORTED or idx >= len(ids) or ids[idx] != PENDING_TOKEN:
+                if not ops.fill_pending_token(r, idx, token):
                     continue
-                ids[idx] = token
                 got.append(r)
-                reason = checker(r, token) if checker is not None else None
+                reason = ops.pending_stop(r, token, checker)
                 if reason is None:
-                    continue
-                if r.is_finished:  # finished by length at advance: the stop reason wins, as in `update`
-                    r.finish_reason = reason
                     continue
                 if r.state is RequestState.DECODING:
                     self._running_tokens -= r.num_tokens

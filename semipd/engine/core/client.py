@@ -38,6 +38,7 @@ from semipd.engine.core.interface import (
     NoPartitionsError,
     QueueFullError,
     RequestFailedError,
+    stream_outputs,
 )
 from semipd.engine.core.proc import run_engine_core
 from semipd.engine.engine_config import EngineConfig
@@ -254,20 +255,8 @@ class EngineCoreClient(EngineClient):
         t = time.monotonic() if arrival_time is None else arrival_time
         self.metrics_collector.record_request_arrival(rid, len(prompt_token_ids), timestamp=t)
         self._send(m.AddRequest(rid, list(prompt_token_ids), m.Params.of(params), t))
-        finished = False
-        try:
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
-        finally:
-            if not finished:
-                self.abort(rid)
+        async for out in stream_outputs(stream.queue, lambda: self.abort(rid)):
+            yield out
 
     def abort(self, rid: str) -> None:
         stream = self._streams.pop(rid, None)

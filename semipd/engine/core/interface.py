@@ -8,9 +8,10 @@ Torch-free, like everything the API process imports.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from semipd.allocation import SMAllocation
@@ -37,6 +38,25 @@ class EngineUnavailableError(RuntimeError):
 
 class NoPartitionsError(ValueError):
     """The engine has no SM partitions to allocate (e.g. unified mode)."""
+
+
+async def stream_outputs(queue: asyncio.Queue, on_leave: Callable[[], None]) -> AsyncIterator[RequestOutput]:
+    """Yield a request's outputs from `queue` until a finished one; an exception put there is raised.
+    `on_leave` runs when the consumer stops early (closed iterator, cancelled task): it aborts."""
+    finished = False
+    try:
+        while True:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                finished = True
+                raise item
+            finished = item.finished
+            yield item
+            if finished:
+                return
+    finally:
+        if not finished:
+            on_leave()
 
 
 class EngineClient(ABC):
