@@ -54,21 +54,35 @@ class LifecycleRecorder:
 
     def sampled(self, requests: Iterable[Request], t: float) -> None:
         """Each request got one token at `t` (its first ends its prefill); finished ones end."""
-        collector = self.collector
-        done = self._first_token_done
         for req in requests:
-            rid = req.rid
-            if rid not in done:
-                done.add(rid)
-                collector.record_prefill_end(rid, timestamp=t)
-                if self.delivery:
-                    collector.record_first_token(rid, timestamp=t)
-            elif self.delivery:
-                collector.record_token(rid, timestamp=t)
+            if not self.first_token(req, t) and self.delivery:
+                self.collector.record_token(req.rid, timestamp=t)
             if req.is_finished:
-                if self.delivery:
-                    collector.record_request_completion(rid, req.num_output_tokens, success=True, timestamp=t)
-                self.forget(rid)
+                self.completed(req, t)
+
+    def first_token(self, request: Request, t: float) -> bool:
+        """The request's first token at `t` ends its prefill; False (nothing recorded) if it had one
+        already (a recompute after preemption samples its next token again, not a first one)."""
+        done = self._first_token_done
+        if request.rid in done:
+            return False
+        done.add(request.rid)
+        self.collector.record_prefill_end(request.rid, timestamp=t)
+        if self.delivery:
+            self.collector.record_first_token(request.rid, timestamp=t)
+        return True
+
+    def decode_step(self, requests: Iterable[Request], t: float) -> None:
+        """One decode step gave each request one token at `t`, recorded in bulk
+        (`SemiPDMetricsCollector.record_decode_step`: no per-token times kept; the simulator's form)."""
+        if self.delivery:
+            self.collector.record_decode_step([r.rid for r in requests], timestamp=t)
+
+    def completed(self, request: Request, t: float) -> None:
+        if self.delivery:
+            self.collector.record_request_completion(request.rid, request.num_output_tokens, success=True,
+                                                     timestamp=t)
+        self.forget(request.rid)
 
     def aborted(self, rid: str, t: float | None = None) -> None:
         if self.delivery:

@@ -31,6 +31,7 @@ from typing import Any
 
 from semipd.clock import VirtualClock
 from semipd.metrics.collector import SemiPDMetricsCollector
+from semipd.metrics.recorder import LifecycleRecorder
 from semipd.sched import PrefillChunk, Request, RequestState
 from semipd.sim.results import RequestRecord
 from semipd.workload import WorkloadRequest
@@ -59,8 +60,7 @@ class SimExecutor(ABC):
         self.first_token: list[float | None] = [None] * n
         self.completion: list[float | None] = [None] * n
         self._index = {r.rid: k for k, r in enumerate(self.requests)}
-        self._prefill_started = [False] * n
-        self._decode_started = [False] * n
+        self.recorder = LifecycleRecorder(collector)
         self.num_done = 0
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = 0
@@ -124,48 +124,37 @@ class SimExecutor(ABC):
     # -- lifecycle records ----------------------------------------------------------------
     def admit(self, request: Request, t: float, queue: Callable[[Request], None]) -> bool:
         """Record the arrival and queue; a request that can never fit is aborted."""
-        self.collector.record_request_arrival(request.rid, request.num_prompt_tokens, timestamp=t)
+        self.recorder.arrival(request)
         try:
             queue(request)
         except ValueError:
             request.finish_reason = "abort"
             request.transition(RequestState.ABORTED)
             self.num_done += 1
-            self.collector.record_request_abort(request.rid, timestamp=t)
+            self.recorder.aborted(request.rid, t)
             return False
         return True
 
     def record_prefill_starts(self, batch_chunks: Sequence[PrefillChunk], t: float) -> None:
         """Prefill start of each request whose first chunk is in the batch (once per request)."""
-        started = self._prefill_started
-        for c in batch_chunks:
-            if c.start == 0:
-                k = self._index[c.request.rid]
-                if not started[k]:
-                    started[k] = True
-                    self.collector.record_prefill_start(c.request.rid, timestamp=t)
+        self.recorder.prefill_started((c.request for c in batch_chunks if c.start == 0), t)
 
     def record_prefill_done(self, request: Request, t: float) -> None:
         """After a last chunk: the first token (once; a recompute is not a first token)."""
         k = self._index[request.rid]
-        if self.first_token[k] is None:
+        if self.recorder.first_token(request, t):
             self.first_token[k] = t
             if self._last_token is not None:
                 self._last_token[k] = t
-            self.collector.record_first_token(request.rid, timestamp=t)
-            self.collector.record_prefill_end(request.rid, timestamp=t)
         if request.is_finished:
             self.record_completion(request, t)
 
     def record_decode_start(self, request: Request, t: float) -> None:
-        k = self._index[request.rid]
-        if not self._decode_started[k]:
-            self._decode_started[k] = True
-            self.collector.record_decode_start(request.rid, timestamp=t)
+        self.recorder.decode_started((request,), t)
 
     def record_decode_step(self, requests: Sequence[Request], t: float) -> None:
         """The tokens a decode step gave `requests` at `t` (one each), in one collector call."""
-        self.collector.record_decode_step([r.rid for r in requests], timestamp=t)
+        self.recorder.decode_step(requests, t)
         last = self._last_token
         if last is not None:
             index, gaps = self._index, self._itl
@@ -181,7 +170,7 @@ class SimExecutor(ABC):
             return
         self.completion[k] = t
         self.num_done += 1
-        self.collector.record_request_completion(request.rid, request.num_output_tokens, True, timestamp=t)
+        self.recorder.completed(request, t)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
