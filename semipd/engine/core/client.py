@@ -134,6 +134,7 @@ class EngineCoreClient(EngineClient):
         self._ctx = zmq.asyncio.Context()
         self._input = zmq.Context.instance().socket(zmq.PUSH)
         self._input.setsockopt(zmq.LINGER, 0)
+        self._input.setsockopt(zmq.SNDHWM, 0)  # no message limit: a full queue would drop requests
         self._input.bind(to_core)
         self._output = self._ctx.socket(zmq.PULL)
         self._output.setsockopt(zmq.LINGER, 0)
@@ -248,13 +249,14 @@ class EngineCoreClient(EngineClient):
             raise QueueFullError(f"{self._num_waiting} requests are waiting (max_waiting={self.max_waiting})",
                                  retry_after_s=self.retry_after_s())
         assert self._processor is not None
+        t = time.monotonic() if arrival_time is None else arrival_time
+        if not self._send(m.AddRequest(rid, list(prompt_token_ids), m.Params.of(params), t)):
+            raise EngineUnavailableError("the engine core does not take requests (its input queue is closed or full)")
         stream = _Stream()
         self._processor.add(rid, prompt_token_ids, params)
         self._streams[rid] = stream
         self._num_waiting += 1
-        t = time.monotonic() if arrival_time is None else arrival_time
         self.metrics_collector.record_request_arrival(rid, len(prompt_token_ids), timestamp=t)
-        self._send(m.AddRequest(rid, list(prompt_token_ids), m.Params.of(params), t))
         async for out in stream_outputs(stream.queue, lambda: self.abort(rid)):
             yield out
 
@@ -401,10 +403,13 @@ class EngineCoreClient(EngineClient):
         assert result.applied is not None
         return SMAllocation(result.applied["prefill_percentage"], result.applied["decode_percentage"])
 
-    def _send(self, msg: m.CoreInput) -> None:
+    def _send(self, msg: m.CoreInput) -> bool:
+        """Queue `msg` for the core without blocking the event loop; False (logged) when it cannot be."""
         if self._input is None:
-            return
+            return False
         try:
             self._input.send(self._encoder.encode(msg), flags=zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:
             logger.error("cannot send %s to the engine core: %s", type(msg).__name__, exc)
+            return False
+        return True
