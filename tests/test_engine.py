@@ -198,3 +198,18 @@ def test_failed_step_aborts_its_batch(tiny: LLM, monkeypatch: pytest.MonkeyPatch
     assert sorted(e.value.rids) == ["f0", "f1"]
     assert not engine.has_unfinished()
     assert engine.allocator.num_free == engine.allocator.num_blocks
+
+
+def test_unified_warm_up_runs_prefill_and_mixed_shapes_and_returns_every_block(tiny: LLM) -> None:
+    from semipd.engine.runtime.warm_up import warm_up_unified
+    from semipd.sched import BlockAllocator
+
+    engine = tiny.engine
+    allocator = BlockAllocator(engine.kv_cache.num_blocks, engine.config.block_size)
+    seconds, batches = warm_up_unified(engine.runner, allocator, engine.model_config.vocab_size, 600, 16,
+                                       engine.max_model_len)
+    # three prefill shapes (several sequences; one prompt in two chunks), then mixed batches of
+    # decode sizes 1, 8 and 15 at contexts 64, 1024 and 2046, each beside a 300-token chunk
+    assert batches == 3 + 9 and seconds > 0
+    assert allocator.num_free == allocator.num_blocks
+    allocator.check_consistency()

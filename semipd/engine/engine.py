@@ -26,6 +26,7 @@ from semipd.engine.engine_config import EngineConfig
 from semipd.engine.errors import StepError
 from semipd.engine.runtime.cuda_graphs import GraphRunner
 from semipd.engine.runtime.model_runner import ModelRunner, PendingTokens
+from semipd.engine.runtime.warm_up import warm_up_unified
 from semipd.engine.sampling_params import SamplingParams
 from semipd.metrics import SemiPDMetricsCollector
 from semipd.metrics.recorder import LifecycleRecorder
@@ -53,6 +54,12 @@ class Engine:
             if self.device.type == "cuda":
                 self.graph_runner.capture()
         self.runner = ModelRunner(self.model, self.kv_cache, self.graph_runner)
+        self.warm_up_seconds = 0.0
+        if self.device.type == "cuda":  # compile the kernel variants serving needs before it starts
+            self.warm_up_seconds, n = warm_up_unified(
+                self.runner, BlockAllocator(self.kv_cache.num_blocks, config.block_size), self.model_config.vocab_size,
+                min(config.max_num_batched_tokens, self.max_model_len - 1), config.max_num_seqs, self.max_model_len)
+            logger.info("warm-up: %d batches in %.1f s", n, self.warm_up_seconds)
         num_blocks = self.kv_cache.num_blocks
         self.allocator = BlockAllocator(num_blocks, config.block_size, int(num_blocks * config.kv_watermark))
         self.scheduler = UnifiedScheduler(
@@ -229,6 +236,7 @@ class Engine:
             "vocab_size": self.model_config.vocab_size,
             "max_num_seqs": cfg.max_num_seqs,
             "max_num_batched_tokens": cfg.max_num_batched_tokens,
+            "warm_up_seconds": round(self.warm_up_seconds, 3),
             "cuda_graphs": None if gr is None else {
                 "captured": bool(gr.keys), "buckets": gr.buckets, "capture_seconds": round(gr.capture_seconds, 3)},
         }

@@ -49,13 +49,9 @@ from semipd.engine.common import allocate_kv_cache, load_engine_model, resolve_d
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.runtime.cuda_graphs import GraphRunner
 from semipd.engine.runtime.model_runner import ModelRunner
+from semipd.engine.runtime.warm_up import synthetic_request
 from semipd.engine.semi_pd.config import SemiPDConfig
-from semipd.engine.semi_pd.startup import (
-    WHOLE_DEVICE,
-    build_partition_manager,
-    capture_partition_graphs,
-    synthetic_request,
-)
+from semipd.engine.semi_pd.startup import WHOLE_DEVICE, build_partition_manager, capture_partition_graphs
 from semipd.engine.semi_pd.workers import LaunchThrottle
 from semipd.partition.green import green_contexts_unavailable_reason
 from semipd.sched import Batch, BlockAllocator, PrefillChunk, Request

@@ -159,7 +159,8 @@ class ModelRunner:
         first = sum(c.num_tokens for c in batch.prefills)
         index = None
         for i, r in enumerate(batch.decodes):
-            if r.output_token_ids[-1] != PENDING_TOKEN:
+            ids = r.output_token_ids
+            if not ids or ids[-1] != PENDING_TOKEN:
                 continue
             if index is None:
                 if previous is None:

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
+from semipd.engine.runtime.warm_up import synthetic_request
 from semipd.engine.semi_pd.engine import SemiPDEngine
-from semipd.engine.semi_pd.startup import synthetic_request
 from semipd.engine.semi_pd.workers import throttled_prefill
 from semipd.sched import Batch, PrefillChunk, Request
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 
@@ -29,7 +28,7 @@ from semipd.allocation import SMAllocation, SMGrid
 from semipd.engine.runtime.batch_inputs import padded_token_buckets
 from semipd.engine.runtime.cuda_graphs import GraphRunner
 from semipd.engine.runtime.model_runner import ModelRunner
-from semipd.engine.sampling_params import SamplingParams
+from semipd.engine.runtime.warm_up import prefill_warm_up_batches, synthetic_request
 from semipd.engine.semi_pd.config import SemiPDConfig
 from semipd.engine.semi_pd.workers import LaunchThrottle, throttled_prefill
 from semipd.partition.green import (
@@ -149,37 +148,6 @@ def capture_partition_graphs(graphs: GraphRunner, manager: PartitionManager, max
     return capture
 
 
-_GREEDY_ONE = SamplingParams(temperature=0.0, max_tokens=1)
-
-
-def synthetic_request(allocator: BlockAllocator, rid: str, num_tokens: int, vocab_size: int) -> Request:
-    """A greedy request of `num_tokens` fixed prompt tokens with KV blocks for all of them (plus
-    one), taken from `allocator` (free them with ``allocator.free``). For warm-up and probes."""
-    prompt = [(7 * i + 11) % vocab_size for i in range(num_tokens)]
-    req = Request(rid, num_tokens, 1, 0.0, prompt_token_ids=prompt,
-                  payload=SimpleNamespace(params=_GREEDY_ONE, seed=0))
-    if not allocator.allocate(req, num_tokens + 1, use_watermark=False):
-        raise RuntimeError(f"no KV room for a synthetic request of {num_tokens} tokens")
-    return req
-
-
-def _warm_up_batches(allocator: BlockAllocator, vocab_size: int, num_tokens: int,
-                     made: list[Request]) -> list[Batch]:
-    """Prefill batches of the shapes serving produces: several sequences of odd lengths, and a
-    prompt in two chunks (the second attends to cached context). Requests go into `made`."""
-    lengths = [n for n in (37, 301, 999) if n < num_tokens] or [num_tokens]
-    multi = [synthetic_request(allocator, f"warm-up-{i}", n, vocab_size) for i, n in enumerate(lengths)]
-    made.extend(multi)
-    batches = [Batch(prefills=[PrefillChunk(r, 0, r.num_prompt_tokens, True) for r in multi])]
-    if num_tokens >= 2:
-        two = synthetic_request(allocator, "warm-up-chunked", num_tokens, vocab_size)
-        made.append(two)
-        half = num_tokens // 2
-        batches += [Batch(prefills=[PrefillChunk(two, 0, half, False)]),
-                    Batch(prefills=[PrefillChunk(two, half, num_tokens - half, True)])]
-    return batches
-
-
 def warm_prefill_streams(runner: ModelRunner, throttle: LaunchThrottle, manager: PartitionManager,
                          allocator: BlockAllocator, vocab_size: int, num_tokens: int, max_seqs: int) -> float:
     """Before serving: prefill batches of the usual shapes once (Triton compiles the kernel
@@ -194,7 +162,7 @@ def warm_prefill_streams(runner: ModelRunner, throttle: LaunchThrottle, manager:
     try:
         parts = [part for _, part in sorted(manager.partitions().items())]
         with torch.cuda.stream(parts[0].prefill_stream):
-            for batch in _warm_up_batches(allocator, vocab_size, num_tokens, made):
+            for batch in prefill_warm_up_batches(allocator, vocab_size, num_tokens, made):
                 throttled_prefill(runner, throttle, batch, parts[0].prefill_stream)
         full = synthetic_request(allocator, "warm-up-full", num_tokens, vocab_size)
         made.append(full)
