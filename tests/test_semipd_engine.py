@@ -518,3 +518,17 @@ def test_a_stopped_engine_is_collected() -> None:
     del e
     gc.collect()
     assert ref() is None  # nothing (the GC freeze included) keeps its model and KV cache alive
+
+
+def test_a_waiting_step_returns_when_interrupted() -> None:
+    from semipd.engine.semi_pd.request_book import RequestBook
+
+    book = RequestBook()
+    got: list = []
+    t = threading.Thread(target=lambda: got.append((book.take(30.0), time.monotonic())))
+    t.start()
+    time.sleep(0.05)
+    start = time.monotonic()
+    book.interrupt()
+    t.join(5.0)
+    assert got and got[0][0] == [] and got[0][1] - start < 2.0

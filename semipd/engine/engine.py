@@ -208,6 +208,9 @@ class Engine:
     def stop(self) -> None:
         """Nothing runs in the background of a unified engine: there is nothing to stop."""
 
+    def interrupt(self) -> None:
+        """A unified `step` never waits for outputs: nothing to interrupt."""
+
     # -- status ---------------------------------------------------------------------------
     def get_status(self) -> dict[str, Any]:
         """Mode, model, device, KV usage, queue counts, limits, CUDA graphs."""

@@ -74,6 +74,7 @@ class EngineCore:
                 logger.exception("engine core: undecodable input message")
                 continue
             self._inbox.put(msg)
+            self.engine.interrupt()  # a Semi-PD step waiting for outputs returns, so the input is applied now
 
     def _write_outputs(self) -> None:
         encoder = m.encoder()

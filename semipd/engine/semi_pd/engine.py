@@ -266,6 +266,10 @@ class SemiPDEngine:
         return (self.prefill_scheduler.num_running + self.decode_worker.num_inbox
                 + self.decode_scheduler.num_waiting + self.decode_scheduler.num_running)
 
+    def interrupt(self) -> None:
+        """Thread-safe: a `step` waiting for outputs returns now (the caller has new input to apply)."""
+        self._book.interrupt()
+
     def step(self) -> list[TokenDelta]:
         """The outputs the workers produced since the last call, waiting up to
         ``output_wait_s`` when there are none. A failed worker batch raises `StepError`

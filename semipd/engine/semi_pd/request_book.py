@@ -68,6 +68,11 @@ class RequestBook:
                 return outputs
             return [o for o in outputs if o.rid not in aborted]
 
+    def interrupt(self) -> None:
+        """End a `take` that is waiting (it returns what it has, possibly nothing)."""
+        with self._cond:
+            self._cond.notify_all()
+
     # -- worker side ----------------------------------------------------------------------
     def is_live(self, rid: str) -> bool:
         return rid in self._live
