@@ -4,4 +4,5 @@ import sys
 
 from semipd.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned process (the engine core) imports this module
+    sys.exit(main())
