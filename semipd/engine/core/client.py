@@ -24,7 +24,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -37,10 +36,10 @@ from semipd.engine.core.interface import (
     EngineUnavailableError,
     NoPartitionsError,
     QueueFullError,
-    RequestFailedError,
     stream_outputs,
 )
 from semipd.engine.core.proc import run_engine_core
+from semipd.engine.core.streams import RequestStreams
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.output_processor import OutputProcessor
 from semipd.engine.sampling_params import RequestOutput, SamplingParams
@@ -48,26 +47,6 @@ from semipd.engine.tokenizer import make_tokenizer
 from semipd.metrics import SemiPDMetricsCollector
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class _Stream:
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    waiting: bool = True
-    """No token yet (counts towards `max_waiting`)."""
-
-
-@dataclass
-class _Events:
-    """Client-side lifecycle times not yet sent to the core."""
-
-    first_tokens: list[tuple[str, float]] = field(default_factory=list)
-    tokens: list[tuple[str, float]] = field(default_factory=list)
-    completions: list[tuple[str, int, bool, float]] = field(default_factory=list)
-    aborts: list[tuple[str, float]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.first_tokens or self.tokens or self.completions or self.aborts)
 
 
 class EngineCoreClient(EngineClient):
@@ -103,9 +82,7 @@ class EngineCoreClient(EngineClient):
         self._output: zmq.asyncio.Socket | None = None
         self._encoder = m.encoder()
         self._decoder = m.output_decoder()
-        self._processor: OutputProcessor | None = None
-        self._streams: dict[str, _Stream] = {}
-        self._num_waiting = 0
+        self._streams: RequestStreams | None = None
         self._status: dict[str, Any] = {}
         self._status_time = float("-inf")
         self._calls: dict[int, asyncio.Future] = {}
@@ -154,7 +131,7 @@ class EngineCoreClient(EngineClient):
         self.vocab_size = ready.vocab_size
         self.tokenizer = make_tokenizer(ready.tokenizer_dir, ready.eos_token_ids, ready.bos_token_id,
                                         ready.vocab_size)
-        self._processor = OutputProcessor(self.tokenizer)
+        self._streams = RequestStreams(OutputProcessor(self.tokenizer), self.metrics_collector)
         self._running = True
         self._loop.add_reader(self._process.sentinel, self._on_core_exit)
         self._reader = asyncio.ensure_future(self._read_outputs())
@@ -221,7 +198,7 @@ class EngineCoreClient(EngineClient):
         self.died = True
         self._running = False
         logger.error("the engine core process exited unexpectedly (exit code %s); failing %d open requests",
-                     self.exit_code, len(self._streams))
+                     self.exit_code, len(self._streams or ()))
         self._fail_all(f"the engine core process exited (exit code {self.exit_code})")
         for callback in self._death_callbacks:
             try:
@@ -236,42 +213,30 @@ class EngineCoreClient(EngineClient):
     # -- requests -------------------------------------------------------------------------------
     @property
     def num_waiting(self) -> int:
-        return self._num_waiting
+        return self._streams.num_waiting if self._streams is not None else 0
 
     async def generate(self, rid: str, prompt_token_ids: list[int], params: SamplingParams,
                        arrival_time: float | None = None) -> AsyncIterator[RequestOutput]:
-        if not self._running:
+        if not self._running or self._streams is None:
             raise EngineUnavailableError("the engine is not running" if not self.died else
                                          f"the engine core process exited (exit code {self.exit_code})")
         if rid in self._streams:
             raise ValueError(f"request id {rid!r} is already running")
-        if self._num_waiting >= self.max_waiting:
-            raise QueueFullError(f"{self._num_waiting} requests are waiting (max_waiting={self.max_waiting})",
+        if self.num_waiting >= self.max_waiting:
+            raise QueueFullError(f"{self.num_waiting} requests are waiting (max_waiting={self.max_waiting})",
                                  retry_after_s=self.retry_after_s())
-        assert self._processor is not None
         t = time.monotonic() if arrival_time is None else arrival_time
         if not self._send(m.AddRequest(rid, list(prompt_token_ids), m.Params.of(params), t)):
             raise EngineUnavailableError("the engine core does not take requests (its input queue is closed or full)")
-        stream = _Stream()
-        self._processor.add(rid, prompt_token_ids, params)
-        self._streams[rid] = stream
-        self._num_waiting += 1
-        self.metrics_collector.record_request_arrival(rid, len(prompt_token_ids), timestamp=t)
-        async for out in stream_outputs(stream.queue, lambda: self.abort(rid)):
+        queue = self._streams.open(rid, prompt_token_ids, params, t)
+        async for out in stream_outputs(queue, lambda: self.abort(rid)):
             yield out
 
     def abort(self, rid: str) -> None:
-        stream = self._streams.pop(rid, None)
-        if stream is None:
-            return
-        if stream.waiting:
-            self._num_waiting -= 1
-        assert self._processor is not None
-        self._processor.drop(rid)
-        now = time.monotonic()
-        self.metrics_collector.record_request_abort(rid, timestamp=now)
-        self._send(m.AbortRequests([rid]))
-        self._send(m.ClientEvents([], [], [], [(rid, now)]))
+        events = self._streams.close(rid, time.monotonic()) if self._streams is not None else None
+        if events is not None:
+            self._send(m.AbortRequests([rid]))
+            self._send(events)
 
     # -- outputs --------------------------------------------------------------------------------
     async def _read_outputs(self) -> None:
@@ -304,63 +269,16 @@ class EngineCoreClient(EngineClient):
                 logger.exception("handling %s from the engine core failed", type(msg).__name__)
 
     def _on_outputs(self, msg: m.StepOutputs) -> None:
-        processor = self._processor
-        assert processor is not None
-        collector = self.metrics_collector
-        now = time.monotonic()
-        events = _Events()
-        engine_aborts: list[str] = []
-        for delta in msg.deltas:
-            stream = self._streams.get(delta.rid)
-            if stream is None:
-                continue
-            processed = processor.process(delta)
-            if processed is None:
-                continue
-            out = processed.output
-            if processed.abort_in_engine:
-                engine_aborts.append(delta.rid)
-            if stream.waiting:
-                stream.waiting = False
-                self._num_waiting -= 1
-                events.first_tokens.append((delta.rid, now))
-                collector.record_first_token(delta.rid, timestamp=now)
-            elif out.new_token_ids:
-                events.tokens.append((delta.rid, now))
-                collector.record_token(delta.rid, timestamp=now)
-            if out.finished:
-                del self._streams[delta.rid]
-                events.completions.append((delta.rid, out.num_output_tokens, True, now))
-                collector.record_request_completion(delta.rid, out.num_output_tokens, success=True, timestamp=now)
-            stream.queue.put_nowait(out)
-        for rid, reason in msg.rejected:
-            self._end(rid, ValueError(reason), events, now, record=False)
-        for rid, reason in msg.failed:
-            self._end(rid, RequestFailedError(reason), events, now, record=True)
-        if engine_aborts:
-            self._send(m.AbortRequests(engine_aborts))
-        if events:
-            self._send(m.ClientEvents(events.first_tokens, events.tokens, events.completions, events.aborts))
-
-    def _end(self, rid: str, error: BaseException, events: _Events, now: float, record: bool) -> None:
-        stream = self._streams.pop(rid, None)
-        if stream is None:
-            return
-        if stream.waiting:
-            self._num_waiting -= 1
-        assert self._processor is not None
-        self._processor.drop(rid)
-        if record:
-            events.completions.append((rid, 0, False, now))
-            self.metrics_collector.record_request_completion(rid, 0, success=False, timestamp=now)
-        else:
-            self.metrics_collector.record_request_abort(rid, timestamp=now)
-        stream.queue.put_nowait(error)
+        assert self._streams is not None
+        applied = self._streams.apply(msg, time.monotonic())
+        if applied.engine_aborts:
+            self._send(m.AbortRequests(applied.engine_aborts))
+        if applied.events is not None:
+            self._send(applied.events)
 
     def _fail_all(self, reason: str) -> None:
-        now = time.monotonic()
-        for rid in list(self._streams):
-            self._end(rid, RequestFailedError(reason), _Events(), now, record=True)
+        if self._streams is not None:
+            self._streams.fail_all(reason, time.monotonic())
         for future in self._calls.values():
             if not future.done():
                 future.set_exception(EngineUnavailableError(reason))
@@ -377,8 +295,8 @@ class EngineCoreClient(EngineClient):
     def get_status(self) -> dict[str, Any]:
         status = dict(self._status)
         status.update(engine_core_pid=self.core_pid, engine_core_alive=self._running,
-                      engine_core_exit_code=self.exit_code, num_in_flight=len(self._streams),
-                      num_waiting_api=self._num_waiting, max_waiting=self.max_waiting,
+                      engine_core_exit_code=self.exit_code, num_in_flight=len(self._streams or ()),
+                      num_waiting_api=self.num_waiting, max_waiting=self.max_waiting,
                       status_age_s=round(max(0.0, time.monotonic() - self._status_time), 3)
                       if self._status else None)
         return status
