@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+import msgspec
 from fastapi import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -77,7 +77,7 @@ class Generation:
 class GenerationStream(StreamingResponse):
     """An SSE response over `body`; closes `generation` however the response ends (incl. never started)."""
 
-    def __init__(self, body: AsyncIterator[str], generation: Generation) -> None:
+    def __init__(self, body: AsyncIterator[bytes], generation: Generation) -> None:
         super().__init__(body, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._generation = generation
@@ -89,11 +89,15 @@ class GenerationStream(StreamingResponse):
             await self._generation.aclose()
 
 
-def sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+_JSON = msgspec.json.Encoder()
 
 
-SSE_DONE = "data: [DONE]\n\n"
+def sse(payload: dict[str, Any]) -> bytes:
+    """One server-sent event carrying `payload` as compact UTF-8 JSON (msgspec: ~10x json.dumps)."""
+    return b"data: " + _JSON.encode(payload) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
 
 
 async def _wait_disconnect(request: Request) -> None:

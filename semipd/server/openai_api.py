@@ -143,7 +143,7 @@ class ChatFormat(ResponseFormat):
         return chunks
 
 
-async def _sse_body(gen: Generation, out: RequestOutput, fmt: ResponseFormat) -> AsyncIterator[str]:
+async def _sse_body(gen: Generation, out: RequestOutput, fmt: ResponseFormat) -> AsyncIterator[bytes]:
     for chunk in fmt.start_chunks():
         yield sse(chunk)
     try:
