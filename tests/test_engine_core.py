@@ -7,12 +7,14 @@ its core dies."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -134,11 +136,29 @@ class Serve:
         return self.proc.communicate()[0]
 
     def wait(self, timeout: float = 30) -> int:
+        """The server's exit code (it is killed when it does not exit within `timeout`); what it left
+        of its process group stays, for the test to inspect, until `close`."""
         try:
             return self.proc.wait(timeout=timeout)
         finally:
             if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
+
+    def close(self) -> None:
+        """Kill whatever of the process group is left (a failed test must not leave servers behind)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    server = Serve()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 def _gone(pid: int) -> bool:
@@ -150,8 +170,7 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
-def test_serve_stops_both_processes(how: str) -> None:
-    serve = Serve()
+def test_serve_stops_both_processes(how: str, serve: Serve) -> None:
     assert not _gone(serve.core_pid) and serve.core_pid != serve.proc.pid
     if how == "SIGTERM":
         serve.proc.send_signal(signal.SIGTERM)
@@ -165,8 +184,7 @@ def test_serve_stops_both_processes(how: str) -> None:
     assert wait_until(lambda: _gone(serve.core_pid), timeout=10), "the engine core outlived the server"
 
 
-def test_serve_exits_non_zero_when_its_core_dies() -> None:
-    serve = Serve()
+def test_serve_exits_non_zero_when_its_core_dies(serve: Serve) -> None:
     with httpx.Client(base_url=serve.url, timeout=30) as c, \
             c.stream("POST", "/v1/completions", json={"prompt": "x", "max_tokens": 800, "ignore_eos": True,
                                                        "stream": True}) as resp:
