@@ -17,10 +17,9 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from bench_serving import COMMON, CONFIGS, wait_healthy
+from bench_serving import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,41 +42,29 @@ def _summary(value: object) -> object:
 def run(label: str, root: Path, config: str, args: argparse.Namespace, port: int) -> dict:
     out = Path(args.out_dir)
     url = f"http://127.0.0.1:{port}"
-    with open(out / f"{label}.log", "w") as log:
-        command = [sys.executable, "-m", "semipd", "serve", "--model", args.model, "--max-model-len",
-                   str(args.max_model_len), *COMMON, *CONFIGS[config], "--port", str(port)]
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-        try:
-            start = time.monotonic()
-            wait_healthy(url, server, args.startup_timeout)
-            result: dict = {"label": label, "root": str(root), "config": config,
-                            "startup_seconds": round(time.monotonic() - start, 1)}
-            tokens = ["--random-token-range", args.token_range] if args.token_range else []
-            if args.warmup_prompts:  # compile every kernel variant the load needs before measuring
-                bench(url, out / f"{label}-warmup.json", [
-                    "--dataset-name", "trace", "--trace-path", args.trace, "--trace-max-input-len", "7000",
-                    "--trace-max-output-len", "1024", "--num-prompts", str(args.warmup_prompts),
-                    "--request-rate", "20", *tokens])
-            single = bench(url, out / f"{label}-single.json", [
-                "--dataset-name", "random", "--random-input-len", "512", "--random-output-len", "256",
-                "--random-range-ratio", "0", "--num-prompts", "3", "--max-concurrency", "1", "--request-rate", "inf",
-                *tokens])
-            result["single"] = _summary(single.get("summary", single))
-            sweep_out = out / f"{label}-sweep.json"
-            subprocess.run([sys.executable, "-m", "semipd", "bench", "sweep", "--base-url", url, "--dataset-name",
-                            "trace", "--trace-path", args.trace, "--trace-max-input-len", "7000",
-                            "--trace-max-output-len", "1024", "--request-rates", args.rates,
-                            "--duration-per-rate", str(args.duration), "--goodput", "ttft:300", "tpot:40",
-                            "--output-json", str(sweep_out), "--no-plot", "--no-progress", *tokens],
-                           check=True, cwd=ROOT)
-            result["sweep"] = _summary(json.loads(sweep_out.read_text()))
-            return result
-        finally:
-            server.terminate()
-            try:
-                server.wait(60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+    with serving(config, args, port, out / f"{label}.log", root) as startup:
+        result: dict = {"label": label, "root": str(root), "config": config,
+                        "startup_seconds": round(startup, 1)}
+        tokens = ["--random-token-range", args.token_range] if args.token_range else []
+        if args.warmup_prompts:  # compile every kernel variant the load needs before measuring
+            bench(url, out / f"{label}-warmup.json", [
+                "--dataset-name", "trace", "--trace-path", args.trace, "--trace-max-input-len", "7000",
+                "--trace-max-output-len", "1024", "--num-prompts", str(args.warmup_prompts),
+                "--request-rate", "20", *tokens])
+        single = bench(url, out / f"{label}-single.json", [
+            "--dataset-name", "random", "--random-input-len", "512", "--random-output-len", "256",
+            "--random-range-ratio", "0", "--num-prompts", "3", "--max-concurrency", "1", "--request-rate", "inf",
+            *tokens])
+        result["single"] = _summary(single.get("summary", single))
+        sweep_out = out / f"{label}-sweep.json"
+        subprocess.run([sys.executable, "-m", "semipd", "bench", "sweep", "--base-url", url, "--dataset-name",
+                        "trace", "--trace-path", args.trace, "--trace-max-input-len", "7000",
+                        "--trace-max-output-len", "1024", "--request-rates", args.rates,
+                        "--duration-per-rate", str(args.duration), "--goodput", "ttft:300", "tpot:40",
+                        "--output-json", str(sweep_out), "--no-plot", "--no-progress", *tokens],
+                       check=True, cwd=ROOT)
+        result["sweep"] = _summary(json.loads(sweep_out.read_text()))
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:

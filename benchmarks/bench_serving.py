@@ -12,11 +12,13 @@ Writes ``OUT/<config>.json`` (the sweep's JSON) and ``OUT/<config>.log`` (the se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,33 +50,40 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
     raise TimeoutError(f"no healthy server at {url} after {timeout:.0f} s")
 
 
-def run_config(name: str, args: argparse.Namespace, port: int) -> dict:
-    out = Path(args.out_dir)
-    url = f"http://127.0.0.1:{port}"
-    with open(out / f"{name}.log", "w") as log:
+@contextlib.contextmanager
+def serving(config: str, args: argparse.Namespace, port: int, log_path: Path, root: Path = ROOT) -> Iterator[float]:
+    """``semipd serve`` from checkout `root` with engine config `config` on `port` (its log in `log_path`),
+    healthy within ``args.startup_timeout``; yields the start-up seconds and stops the server after."""
+    with open(log_path, "w") as log:
         command = [sys.executable, "-m", "semipd", "serve", "--model", args.model, "--max-model-len",
-                   str(args.max_model_len), *COMMON, *CONFIGS[name], "--port", str(port)]
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                   str(args.max_model_len), *COMMON, *CONFIGS[config], "--port", str(port)]
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=root)
         try:
             start = time.monotonic()
-            wait_healthy(url, server, args.startup_timeout)
-            startup = time.monotonic() - start
-            result = out / f"{name}.json"
-            sweep = ["--base-url", url, "--dataset-name", "trace", "--trace-path", args.trace,
-                     "--trace-max-input-len", str(args.max_input_len),
-                     "--trace-max-output-len", str(args.max_output_len),
-                     "--request-rates", args.rates, "--duration-per-rate", str(args.duration),
-                     "--goodput", "ttft:200", "tpot:30", "--output-json", str(result), "--no-plot", "--disable-tqdm"]
-            if args.token_range:
-                sweep += ["--random-token-range", args.token_range]
-            subprocess.run([sys.executable, "-m", "semipd", "bench", "sweep", *sweep], check=True, cwd=ROOT)
-            return {"config": name, "startup_seconds": round(startup, 1), "result": str(result)}
+            wait_healthy(f"http://127.0.0.1:{port}", server, args.startup_timeout)
+            yield time.monotonic() - start
         finally:
             server.terminate()
             try:
                 server.wait(60)
             except subprocess.TimeoutExpired:
                 server.kill()
+
+
+def run_config(name: str, args: argparse.Namespace, port: int) -> dict:
+    out = Path(args.out_dir)
+    url = f"http://127.0.0.1:{port}"
+    with serving(name, args, port, out / f"{name}.log") as startup:
+        result = out / f"{name}.json"
+        sweep = ["--base-url", url, "--dataset-name", "trace", "--trace-path", args.trace,
+                 "--trace-max-input-len", str(args.max_input_len),
+                 "--trace-max-output-len", str(args.max_output_len),
+                 "--request-rates", args.rates, "--duration-per-rate", str(args.duration),
+                 "--goodput", "ttft:200", "tpot:30", "--output-json", str(result), "--no-plot", "--disable-tqdm"]
+        if args.token_range:
+            sweep += ["--random-token-range", args.token_range]
+        subprocess.run([sys.executable, "-m", "semipd", "bench", "sweep", *sweep], check=True, cwd=ROOT)
+        return {"config": name, "startup_seconds": round(startup, 1), "result": str(result)}
 
 
 def main(argv: list[str] | None = None) -> int:

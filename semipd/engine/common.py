@@ -5,6 +5,7 @@ model and tokenizer, the paged KV cache, and turning a validated request into a 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
@@ -22,7 +23,7 @@ from semipd.engine.runtime.kv_cache import (
 from semipd.engine.runtime.sequence import Sequence
 from semipd.engine.sampling_params import SamplingParams
 from semipd.engine.tokenizer import Tokenizer, make_tokenizer, tokenizer_dir
-from semipd.sched import Request
+from semipd.sched import BlockAllocator, Request
 
 logger = logging.getLogger(__name__)
 
@@ -99,3 +100,20 @@ def build_request(rid: str, prompt_token_ids: list[int], params: SamplingParams,
     seq = Sequence(params=params, seed=seed, stop_ids=stop_ids)
     max_tokens = min(params.max_tokens, max_model_len - len(prompt))
     return Request(rid, len(prompt), max_tokens, arrival_time, prompt_token_ids=prompt, payload=seq)
+
+
+def engine_status(config: EngineConfig, model: LlamaForCausalLM, device: torch.device, max_model_len: int,
+                  allocator: BlockAllocator) -> dict[str, Any]:
+    """The status keys both engines report: mode, model, device, dtype, KV cache, limits."""
+    return {
+        "mode": config.mode,
+        "model": config.model,
+        "architecture": model.config.architecture,
+        "device": str(device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "kv_cache": allocator.status(),
+        "max_model_len": max_model_len,
+        "vocab_size": model.config.vocab_size,
+        "max_num_seqs": config.max_num_seqs,
+        "max_num_batched_tokens": config.max_num_batched_tokens,
+    }

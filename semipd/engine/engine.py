@@ -20,7 +20,14 @@ import random
 from typing import Any, NoReturn
 
 from semipd.clock import Clock
-from semipd.engine.common import allocate_kv_cache, build_request, check_request, load_engine_model, resolve_device
+from semipd.engine.common import (
+    allocate_kv_cache,
+    build_request,
+    check_request,
+    engine_status,
+    load_engine_model,
+    resolve_device,
+)
 from semipd.engine.core.messages import TokenDelta
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.errors import StepError
@@ -217,28 +224,13 @@ class Engine:
         cfg = self.config
         gr = self.graph_runner
         return {
-            "mode": cfg.mode,
-            "model": self.model_name,
-            "architecture": self.model_config.architecture,
-            "device": str(self.device),
-            "dtype": str(self.model.dtype).removeprefix("torch."),
+            **engine_status(cfg, self.model, self.device, self.max_model_len, self.allocator),
             "allocation": None,  # unified mode: both phases share every SM
             "num_running": self.scheduler.num_running,
             "num_waiting": self.scheduler.num_waiting,
             "num_unfinished": self.num_unfinished,
             "num_steps": self.num_steps,
             "num_preemptions": self.num_preemptions,
-            "kv_cache": {
-                "num_blocks": self.allocator.num_blocks,
-                "block_size": self.allocator.block_size,
-                "num_free_blocks": self.allocator.num_free,
-                "usage": self.allocator.usage,
-                "capacity_tokens": self.allocator.capacity_tokens(),
-            },
-            "max_model_len": self.max_model_len,
-            "vocab_size": self.model_config.vocab_size,
-            "max_num_seqs": cfg.max_num_seqs,
-            "max_num_batched_tokens": cfg.max_num_batched_tokens,
             "warm_up_seconds": round(self.warm_up_seconds, 3),
             "cuda_graphs": None if gr is None else {
                 "captured": bool(gr.keys), "buckets": gr.buckets, "capture_seconds": round(gr.capture_seconds, 3)},

@@ -156,6 +156,11 @@ class BlockAllocator:
             self._owner[b] = request.rid
         request.block_ids.extend(taken)
 
+    def status(self) -> dict[str, float | int]:
+        """Size, free blocks and usage, for status reports."""
+        return {"num_blocks": self.num_blocks, "block_size": self.block_size, "num_free_blocks": self.num_free,
+                "usage": self.usage, "capacity_tokens": self.capacity_tokens()}
+
     def check_consistency(self) -> None:
         """Raise AssertionError if the free list and the owners disagree (tests, debugging)."""
         with self._lock:

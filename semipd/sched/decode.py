@@ -170,21 +170,12 @@ class DecodeScheduler:
     def resolve(self, advanced: AdvancedBatch, tokens: Sequence[int]) -> list[Request]:
         """Fill in an advanced batch's tokens and run the stop checker (see `UnifiedScheduler.resolve`);
         returns the requests that got their token. Stopped ones finish (blocks behind the fence)."""
-        checker = self.stop_checker
-        got: list[Request] = []
         with self._lock:
-            stopped = False
-            for (r, idx), token in zip(advanced.slots, tokens, strict=True):
-                if not ops.fill_pending_token(r, idx, token):
-                    continue
-                got.append(r)
-                reason = ops.pending_stop(r, token, checker)
-                if reason is None:
-                    continue
+            got, stopped = ops.resolve_pending(advanced.slots, tokens, self.stop_checker)
+            for r, reason in stopped:
                 self._running_tokens -= r.num_tokens
                 self._due_step.pop(r.rid, None)
                 ops.finish(r, reason, self.allocator, self.fence)
-                stopped = True
             if stopped:
                 self._running = [r for r in self._running if r.state is RequestState.DECODING]
         return got

@@ -80,24 +80,29 @@ def abort(request: Request, allocator: BlockAllocator, fence: int | None = None)
     request.transition(RequestState.ABORTED)
 
 
-def fill_pending_token(request: Request, index: int, token: int) -> bool:
-    """Put `token` where `request` holds a pending token at `index` (`Request.drop_pending_tokens`);
-    False when there is none there any more (aborted, preempted, or it got no token)."""
-    ids = request.output_token_ids
-    if index < 0 or request.state is RequestState.ABORTED or index >= len(ids) or ids[index] != PENDING_TOKEN:
-        return False
-    ids[index] = token
-    return True
-
-
-def pending_stop(request: Request, token: int, stop_checker: StopChecker | None) -> str | None:
-    """The stop reason for a token just filled in, for a request still running; a request already
-    finished by length takes the stop reason instead (as `append_and_check` would have given it)."""
-    reason = stop_checker(request, token) if stop_checker is not None else None
-    if reason is not None and request.is_finished:
-        request.finish_reason = reason
-        return None
-    return reason
+def resolve_pending(slots: Sequence[tuple[Request, int]], tokens: Sequence[int],
+                    stop_checker: StopChecker | None) -> tuple[list[Request], list[tuple[Request, str]]]:
+    """Put each token where its request holds a pending token (`Request.drop_pending_tokens`; slot
+    index -1: it got none) and run the stop checker. Returns the requests that got their token, and
+    those still running that stopped on it, with the reason, for the scheduler to finish. Requests
+    aborted or preempted since (their pending token is gone) are skipped; one already finished by
+    length takes the stop reason instead (as `append_and_check` would have given it)."""
+    got: list[Request] = []
+    stopped: list[tuple[Request, str]] = []
+    for (r, index), token in zip(slots, tokens, strict=True):
+        ids = r.output_token_ids
+        if index < 0 or r.state is RequestState.ABORTED or index >= len(ids) or ids[index] != PENDING_TOKEN:
+            continue
+        ids[index] = token
+        got.append(r)
+        reason = stop_checker(r, token) if stop_checker is not None else None
+        if reason is None:
+            continue
+        if r.is_finished:
+            r.finish_reason = reason
+        else:
+            stopped.append((r, reason))
+    return got, stopped
 
 
 def apply_prefill_chunks(chunks: Sequence[PrefillChunk], tokens: Sequence[int] | None,

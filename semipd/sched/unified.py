@@ -209,21 +209,12 @@ class UnifiedScheduler:
         the requests that got their token here (in order); those that stopped on it are finished
         (blocks freed). Requests aborted or preempted since are skipped. Call it before advancing the
         next batch: a request that stops here and is in that batch then gets no pending token there."""
-        checker = self.stop_checker
-        got: list[Request] = []
         with self._lock:
-            stopped = False
-            for (r, idx), token in zip(advanced.slots, tokens, strict=True):
-                if not ops.fill_pending_token(r, idx, token):
-                    continue
-                got.append(r)
-                reason = ops.pending_stop(r, token, checker)
-                if reason is None:
-                    continue
+            got, stopped = ops.resolve_pending(advanced.slots, tokens, self.stop_checker)
+            for r, reason in stopped:
                 if r.state is RequestState.DECODING:
                     self._running_tokens -= r.num_tokens
                 ops.finish(r, reason, self.allocator)
-                stopped = True
             if stopped:
                 self._running = [r for r in self._running if not r.is_finished]
         return got

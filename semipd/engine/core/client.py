@@ -92,16 +92,11 @@ class EngineCoreClient(EngineClient):
         self._running = False
         self._stopping = False
         self._death_callbacks: list[Callable[[], None]] = []
-        self._status_callbacks: list[Callable[[dict[str, Any]], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
     def on_core_death(self, callback: Callable[[], None]) -> None:
         """Call `callback` (on the event loop) if the core process exits without being asked to."""
         self._death_callbacks.append(callback)
-
-    def on_status(self, callback: Callable[[dict[str, Any]], None]) -> None:
-        """Call `callback(status)` (on the event loop) with every status snapshot the core publishes."""
-        self._status_callbacks.append(callback)
 
     async def start(self) -> None:
         """Start the core process and wait until its model is loaded. RuntimeError when it fails."""
@@ -288,8 +283,6 @@ class EngineCoreClient(EngineClient):
         status = msg.status
         self._status, self._status_time = status, msg.time
         self.record_status_metrics(status)
-        for callback in self._status_callbacks:
-            callback(status)
 
     # -- status and allocation --------------------------------------------------------------------
     def get_status(self) -> dict[str, Any]:

@@ -108,15 +108,12 @@ class TokenDelta(msgspec.Struct, array_like=True, gc=False):
 
 class EngineReady(msgspec.Struct, tag="ready", array_like=True):
     pid: int
-    model: str
     max_model_len: int
     vocab_size: int
     bos_token_id: int | None
     eos_token_ids: list[int]
     tokenizer_dir: str | None
     """Directory of ``tokenizer.json``; None for the byte-level stand-in."""
-    mode: str
-    has_partitions: bool
 
 
 class EngineFailed(msgspec.Struct, tag="failed", array_like=True):

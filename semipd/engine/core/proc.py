@@ -256,11 +256,10 @@ def run_engine_core(config: EngineConfig, input_address: str, output_address: st
         holder.append(core)
         signal.signal(signal.SIGTERM, lambda *_: core.stop())
         mc = engine.model_config
-        ready = m.EngineReady(pid=os.getpid(), model=config.model, max_model_len=int(engine.max_model_len),
+        ready = m.EngineReady(pid=os.getpid(), max_model_len=int(engine.max_model_len),
                               vocab_size=int(mc.vocab_size), bos_token_id=mc.bos_token_id,
                               eos_token_ids=sorted(engine.eos_token_ids),
-                              tokenizer_dir=tokenizer_dir(config.model, config.tokenizer), mode=config.mode,
-                              has_partitions=config.mode == "semi-pd")
+                              tokenizer_dir=tokenizer_dir(config.model, config.tokenizer))
         outputs.send(encoder.encode(ready))
         core.run()
     except Exception as exc:

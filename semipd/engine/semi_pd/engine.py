@@ -33,7 +33,14 @@ import torch
 
 from semipd.allocation import SMAllocation
 from semipd.clock import Clock
-from semipd.engine.common import allocate_kv_cache, build_request, check_request, load_engine_model, resolve_device
+from semipd.engine.common import (
+    allocate_kv_cache,
+    build_request,
+    check_request,
+    engine_status,
+    load_engine_model,
+    resolve_device,
+)
 from semipd.engine.core.messages import TokenDelta
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.runtime.cuda_graphs import GraphRunner
@@ -324,11 +331,7 @@ class SemiPDEngine:
         if self.controller is not None:
             controller.update(self.controller.get_controller_status())
         return {
-            "mode": "semi-pd",
-            "model": self.model_name,
-            "architecture": self.model_config.architecture,
-            "device": str(self.device),
-            "dtype": str(self.model.dtype).removeprefix("torch."),
+            **engine_status(cfg, self.model, self.device, self.max_model_len, self.allocator),
             "allocation": {"prefill_sms": prefill_sms, "decode_sms": decode_sms,
                            "prefill_percentage": alloc.prefill_percentage,
                            "decode_percentage": alloc.decode_percentage,
@@ -339,17 +342,6 @@ class SemiPDEngine:
             "num_waiting": self.num_waiting,
             "num_unfinished": self.num_unfinished,
             "num_preemptions": self.num_preemptions,
-            "kv_cache": {
-                "num_blocks": self.allocator.num_blocks,
-                "block_size": self.allocator.block_size,
-                "num_free_blocks": self.allocator.num_free,
-                "usage": self.allocator.usage,
-                "capacity_tokens": self.allocator.capacity_tokens(),
-            },
-            "max_model_len": self.max_model_len,
-            "vocab_size": self.model_config.vocab_size,
-            "max_num_seqs": cfg.max_num_seqs,
-            "max_num_batched_tokens": cfg.max_num_batched_tokens,
             "cuda_graphs": None if self.graph_capture is None else {
                 **self.graph_capture.as_dict(), "buckets": self.decode_worker.runner.graph_runner.buckets},
             "workers": {"prefill": self._worker_status(self.prefill_worker),
