@@ -146,3 +146,35 @@ def test_limits() -> None:
     assert (fitted[1].prompt, fitted[1].input_len, fitted[1].output_len) == ("a", 1, 11)
     assert fitted[2] is reqs[2]
     assert fit_to_context(reqs, None) == (reqs, 0)
+
+
+@pytest.mark.parametrize("mode, flag", [("run", "--output-json"), ("sweep", "--output-json"), ("sweep", "--plot")])
+def test_an_unwritable_output_path_is_refused_before_any_request(mode: str, flag: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-such-dir" / "out.json"
+    argv = ["bench", mode, "--base-url", "http://127.0.0.1:9", "--dataset-name", "random", "--num-prompts", "1",
+            flag, str(missing)]
+    if mode == "sweep":
+        argv += ["--request-rates", "1", "--goodput", "ttft:100"]
+    start = time.monotonic()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "does not exist" in err and time.monotonic() - start < 5
+
+
+def test_connection_errors_of_torn_down_requests_print_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    import aiohttp
+
+    from semipd.bench.runner import _quiet_teardown
+
+    loop = asyncio.new_event_loop()
+    try:
+        _quiet_teardown(loop, {"message": "unhandled exception during asyncio.run() shutdown",
+                               "exception": aiohttp.ClientConnectionResetError("Cannot write to closing transport")})
+        assert not caplog.records  # asyncio's handler logs the traceback; this one is expected and silent
+        _quiet_teardown(loop, {"message": "something else", "exception": RuntimeError("boom")})
+        assert any(r.exc_info and "boom" in str(r.exc_info[1]) for r in caplog.records)
+    finally:
+        loop.close()

@@ -38,6 +38,7 @@ from semipd.bench.server_info import ServerInfo, discover, server_status
 from semipd.bench.stats import parse_metric_names, parse_percentiles, summarize
 from semipd.bench.sweep import find_capacity, format_capacity, format_sweep_table, parse_rates, run_sweep
 from semipd.bench.tokens import TokenCounter, load_counter
+from semipd.outputs import check_output_path
 
 DATASETS = ("random", "trace", "sharegpt")
 
@@ -108,6 +109,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        check_output_path(args.output_json, "--output-json")  # before the run, not after it
+        if args.mode == "sweep" and not args.no_plot:
+            check_output_path(args.plot, "--plot")
         return _sweep(args) if args.mode == "sweep" else _run_once(args)
     except ValueError as exc:
         print(f"semipd bench: error: {exc}", file=sys.stderr)

@@ -137,6 +137,7 @@ async def run_requests(
         raise ValueError("requests must not be empty")
     if not np.all(np.isfinite(arrivals)) or np.any(np.diff(arrivals) < 0):
         raise ValueError("arrivals must be finite and non-decreasing")
+    asyncio.get_running_loop().set_exception_handler(_quiet_teardown)
     limit = config.max_concurrency or 0
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
@@ -203,6 +204,14 @@ async def run_requests(
                     await everything
         duration = clock.now() - start
     return RunResult(_in_order(state.finished), max(duration, math.ulp(1.0)), state.stopped)
+
+
+def _quiet_teardown(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """The loop's exception handler: a connection error raised by a request torn down while the run
+    stops (Ctrl-C cancels every open request) is expected, not a crash to print a traceback for."""
+    if isinstance(context.get("exception"), aiohttp.ClientError | ConnectionError):
+        return
+    loop.default_exception_handler(context)
 
 
 def _in_order(records: Sequence[RequestRecord]) -> tuple[RequestRecord, ...]:

@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
+from semipd.outputs import check_output_path
 from semipd.perf.registry import get_perf_model, known_perf_models
 from semipd.sim.replay_cli import add_engine_arguments, run_replay, sim_engine_fields
-from semipd.sim.report import PlotUnavailableError, check_output_path, plot_timelines, policy_table
+from semipd.sim.report import PlotUnavailableError, plot_timelines, policy_table
 from semipd.slo.constraints import SLOConstraints
 from semipd.traces import PUBLIC_TRACES, resolve_trace
 from semipd.workload import (

@@ -23,9 +23,10 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 
 from semipd.allocation import SMAllocation
+from semipd.outputs import check_output_path
 from semipd.perf.model import PerfModel
 from semipd.perf.registry import get_perf_model
-from semipd.sim.report import PLOT_HINT, PlotUnavailableError, attainment_between, check_output_path, plot_timelines
+from semipd.sim.report import PLOT_HINT, PlotUnavailableError, attainment_between, plot_timelines
 from semipd.slo.constraints import SLOConstraints
 from semipd.workload import LengthDist, WorkloadRequest, synthetic_workload
 

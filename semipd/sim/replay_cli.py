@@ -19,11 +19,11 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from semipd.outputs import check_output_path
 from semipd.sim.engine_costs import COSTS, EngineCosts, get_costs
 from semipd.sim.engine_settings import CONTROLLERS, MODES, EngineSettings
 from semipd.sim.fidelity import format_table
 from semipd.sim.replay import ReplayResult, load_runs, replay
-from semipd.sim.report import check_output_path
 from semipd.slo.constraints import SLOConstraints
 
 REPLAY_COSTS = "http"

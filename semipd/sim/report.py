@@ -6,7 +6,6 @@ for, and `PlotUnavailableError` says how to install it when it is missing.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -29,21 +28,6 @@ _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:
 
 class PlotUnavailableError(RuntimeError):
     """matplotlib is not installed."""
-
-
-def check_output_path(path: str | Path | None, flag: str) -> None:
-    """Raise ValueError naming `flag` when a report could not be written to `path` (a missing or
-    read-only folder, or a folder in its place), so the error comes before any simulation runs."""
-    if path is None or str(path) == "":
-        return
-    path = Path(path)
-    folder = path.parent
-    if path.is_dir():
-        raise ValueError(f"{flag} {path} is a directory: give a file name")
-    if not folder.is_dir():
-        raise ValueError(f"{flag} {path}: the directory {folder} does not exist (create it first)")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{flag} {path}: the directory {folder} is not writable")
 
 
 def policy_table(summaries: Mapping[str, Mapping[str, Any]], slo: SLOConstraints, title: str | None = None) -> Table:
