@@ -31,6 +31,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-seqs", type=int, default=256)
     g.add_argument("--max-model-len", type=int, default=None)
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    g.add_argument("--piecewise-max-tokens", type=int, default=2048,
+                   help="largest mixed/prefill step replayed from piecewise CUDA graphs (unified mode; 0: none)")
     g.add_argument("--attention-backend", default=None, choices=["triton", "torch"])
     g.add_argument("--tokenizer", default=None, help="directory with tokenizer.json (default: the model's)")
     g.add_argument("--seed", type=int, default=0)
@@ -41,7 +43,7 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     """`EngineConfig` keyword arguments from parsed `add_engine_arguments` options."""
     names = ("model", "load_format", "dtype", "device", "mode", "gpu_memory_utilization", "block_size",
              "num_kv_blocks", "max_num_batched_tokens", "max_num_seqs", "max_model_len", "enforce_eager",
-             "attention_backend", "tokenizer", "seed")
+             "piecewise_max_tokens", "attention_backend", "tokenizer", "seed")
     kwargs = {n: getattr(args, n) for n in names}
     kwargs["semipd"] = semipd_config_from_args(args) if args.mode == "semi-pd" else None
     return kwargs

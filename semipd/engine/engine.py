@@ -33,6 +33,7 @@ from semipd.engine.engine_config import EngineConfig
 from semipd.engine.errors import StepError
 from semipd.engine.runtime.cuda_graphs import GraphRunner
 from semipd.engine.runtime.model_runner import ModelRunner, PendingTokens
+from semipd.engine.runtime.piecewise_graphs import PiecewiseGraphs
 from semipd.engine.runtime.warm_up import warm_up_unified
 from semipd.engine.sampling_params import SamplingParams
 from semipd.metrics import SemiPDMetricsCollector
@@ -60,7 +61,13 @@ class Engine:
             self.graph_runner = GraphRunner(self.model, self.kv_cache, config.max_num_seqs, self.max_model_len)
             if self.device.type == "cuda":
                 self.graph_runner.capture()
-        self.runner = ModelRunner(self.model, self.kv_cache, self.graph_runner)
+        self.piecewise: PiecewiseGraphs | None = None
+        if not config.enforce_eager and config.piecewise_max_tokens:
+            self.piecewise = PiecewiseGraphs(self.model, self.kv_cache,
+                                             min(config.piecewise_max_tokens, config.max_num_batched_tokens))
+            if self.device.type == "cuda":
+                self.piecewise.capture()
+        self.runner = ModelRunner(self.model, self.kv_cache, self.graph_runner, piecewise=self.piecewise)
         self.warm_up_seconds = 0.0
         if self.device.type == "cuda":  # compile the kernel variants serving needs before it starts
             self.warm_up_seconds, n = warm_up_unified(
@@ -222,7 +229,7 @@ class Engine:
     def get_status(self) -> dict[str, Any]:
         """Mode, model, device, KV usage, queue counts, limits, CUDA graphs."""
         cfg = self.config
-        gr = self.graph_runner
+        gr, pw = self.graph_runner, self.piecewise
         return {
             **engine_status(cfg, self.model, self.device, self.max_model_len, self.allocator),
             "allocation": None,  # unified mode: both phases share every SM
@@ -234,4 +241,6 @@ class Engine:
             "warm_up_seconds": round(self.warm_up_seconds, 3),
             "cuda_graphs": None if gr is None else {
                 "captured": bool(gr.keys), "buckets": gr.buckets, "capture_seconds": round(gr.capture_seconds, 3)},
+            "piecewise_graphs": None if pw is None else {
+                "captured": pw.is_captured(), "buckets": pw.buckets, "capture_seconds": round(pw.capture_seconds, 3)},
         }

@@ -44,7 +44,11 @@ class EngineConfig:
     max_model_len: int | None = None
     """Longest prompt + output; None: the model's max_position_embeddings."""
     enforce_eager: bool = False
-    """Skip CUDA graphs (decode runs eagerly)."""
+    """Skip CUDA graphs (every step runs eagerly)."""
+    piecewise_max_tokens: int = 2048
+    """Unified mode: steps with prefill chunks of up to this many tokens replay piecewise CUDA graphs
+    (the model between attention calls, bucketed by token count; attention runs eagerly); larger
+    steps run eagerly, where the device time dwarfs the launches. 0: no piecewise graphs."""
     async_scheduling: bool = True
     """Overlap the host work of a step with the device work of the one before: schedule and launch
     step N+1 before reading step N's tokens (unified mode). Off: one step at a time."""
@@ -73,6 +77,9 @@ class EngineConfig:
         for name in ("block_size", "max_num_batched_tokens", "max_num_seqs"):
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if (not isinstance(self.piecewise_max_tokens, int) or isinstance(self.piecewise_max_tokens, bool)
+                or self.piecewise_max_tokens < 0):
+            raise ValueError(f"piecewise_max_tokens must be an int >= 0, got {self.piecewise_max_tokens!r}")
         for name in ("num_kv_blocks", "max_model_len"):
             value = getattr(self, name)
             if value is not None and not _positive_int(value):

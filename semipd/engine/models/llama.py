@@ -6,6 +6,10 @@
                 RMSNorm(+residual) -> fused gate_up projection -> SiLU(gate) * up -> down
     final RMSNorm -> lm_head, only on the rows that get a token sampled
 
+The forward pass is a chain of `Model.segment`s with one attention call between each two:
+everything but attention reads only tensors, so mixed and prefill steps can replay the segments
+from CUDA graphs (`semipd.engine.runtime.piecewise_graphs`) and run attention eagerly.
+
 Differences between the architectures are flags on `ModelConfig`. Parameters are
 allocated with ``torch.empty`` on the target device (no init work); the loader fills them.
 Hugging Face's separate q/k/v and gate/up weights land in row slices of the fused ones
@@ -42,10 +46,12 @@ class Linear(nn.Module):
         self.bias = _param(out_features, dtype=dtype, device=device) if bias else None
         self.plan: SkinnyLinearPlan | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         if self.plan is not None:
-            return self.plan.linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+            return self.plan.linear(x, self.weight, self.bias, out=out)
+        if out is None:
+            return F.linear(x, self.weight, self.bias)
+        return out.copy_(F.linear(x, self.weight, self.bias))
 
 
 class RMSNorm(nn.Module):
@@ -76,19 +82,27 @@ class Attention(nn.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor,
-                kv_cache: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata) -> torch.Tensor:
+    def project(self, positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor,
+                kv_cache: tuple[torch.Tensor, torch.Tensor], slot_mapping: torch.Tensor,
+                qkv_out: torch.Tensor | None = None) -> torch.Tensor:
+        """QKV projection (into `qkv_out` when given), q/k norms, RoPE, and the K/V cache write.
+        Returns the rotated q [T, num_heads, head_dim], a view of the projection's output."""
         t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        qkv = self.qkv_proj(x, out=qkv_out)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(t, self.num_heads, self.head_dim)
         k = k.reshape(t, self.num_kv_heads, self.head_dim)
         v = v.reshape(t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        rope_and_store_kvcache(q, k, v, positions, cos_sin_cache, kv_cache[0], kv_cache[1], meta.slot_mapping)
-        out = self.backend.attend(q, kv_cache[0], kv_cache[1], meta, self.scale)
-        return self.o_proj(out.reshape(t, self.q_size))
+        rope_and_store_kvcache(q, k, v, positions, cos_sin_cache, kv_cache[0], kv_cache[1], slot_mapping)
+        return q
+
+    def attend(self, q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """Paged attention of the rotated q over the cache (into `out` when given): [T, num_heads, head_dim]."""
+        return self.backend.attend(q, kv_cache[0], kv_cache[1], meta, self.scale, out=out)
 
 
 class MLP(nn.Module):
@@ -109,17 +123,23 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
         self.mlp = MLP(cfg, dtype, device)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
-                cos_sin_cache: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
-                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (this layer's output, the residual stream before it); the next layer's
-        norm adds the two (fused add + RMSNorm)."""
+    def attention_input(self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
+                        cos_sin_cache: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
+                        slot_mapping: torch.Tensor,
+                        qkv_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything before attention: (rotated q, the residual stream). `x` is the previous
+        layer's output (the embeddings for the first layer, with no residual yet); the norm adds
+        the two (fused add + RMSNorm)."""
         if residual is None:
             residual = x
             x = self.input_layernorm(x)
         else:
             x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(positions, x, cos_sin_cache, kv_cache, meta)
+        return self.self_attn.project(positions, x, cos_sin_cache, kv_cache, slot_mapping, qkv_out), residual
+
+    def attention_output(self, attn: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything after attention: (this layer's output, the residual stream before it)."""
+        x = self.self_attn.o_proj(attn.reshape(attn.shape[0], -1))
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 
@@ -132,17 +152,47 @@ class Model(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg, backend, dtype, device) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype, device)
 
+    @property
+    def num_segments(self) -> int:
+        """Segments of a forward pass: one before each layer's attention, one after the last."""
+        return len(self.layers) + 1
+
+    def segment(self, i: int, input_ids: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+                kv_caches: KVCaches, slot_mapping: torch.Tensor, attn: torch.Tensor | None,
+                residual: torch.Tensor | None, qkv_out: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The work between attention ``i - 1`` and attention ``i``, which reads nothing but tensors
+        (no host values), so a CUDA graph can hold it::
+
+            segment 0:      embedding                              -> layer 0 up to its q
+            segment i:      layer i-1 from o_proj (its attn input) -> layer i up to its q
+            segment L:      layer L-1 from o_proj                  -> final norm
+
+        Returns (q of layer i, residual), or (final hidden states, None) for the last segment.
+        """
+        if i == 0:
+            x = F.embedding(input_ids, self.embed_tokens.weight)
+        else:
+            x, residual = self.layers[i - 1].attention_output(attn, residual)
+        if i == len(self.layers):
+            x, _ = self.norm(x, residual)
+            return x, None
+        return self.layers[i].attention_input(positions, x, residual, cos_sin_cache, kv_caches[i], slot_mapping,
+                                              qkv_out)
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
                 kv_caches: KVCaches, meta: AttentionMetadata,
                 layer_hook: Callable[[int], None] | None = None) -> torch.Tensor:
-        x = F.embedding(input_ids, self.embed_tokens.weight)
-        residual = None
+        attn = residual = None
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             if i and layer_hook is not None:
                 layer_hook(i)
-            x, residual = layer(positions, x, residual, cos_sin_cache, kv_cache, meta)
-        x, _ = self.norm(x, residual)
-        return x
+            q, residual = self.segment(i, input_ids, positions, cos_sin_cache, kv_caches, meta.slot_mapping, attn,
+                                       residual)
+            attn = layer.self_attn.attend(q, kv_cache, meta)
+        hidden, _ = self.segment(len(self.layers), input_ids, positions, cos_sin_cache, kv_caches, meta.slot_mapping,
+                                 attn, residual)
+        return hidden
 
 
 class LlamaForCausalLM(nn.Module):
@@ -190,7 +240,7 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: KVCaches,
                 meta: AttentionMetadata, layer_hook: Callable[[int], None] | None = None) -> torch.Tensor:
         """input_ids, positions: [T]; returns hidden states [T, hidden]. ``layer_hook(i)`` runs on
-        the host before decoder layer i >= 1 (the Semi-PD prefill worker moves streams there)."""
+        the host before `Model.segment` i >= 1 (the Semi-PD prefill worker moves streams there)."""
         return self.model(input_ids, positions, self.cos_sin_cache, kv_caches, meta, layer_hook)
 
     def lm_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

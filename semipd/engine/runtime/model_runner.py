@@ -12,7 +12,8 @@ The host side (`semipd.engine.runtime.batch_inputs`) builds numpy arrays with on
 over the batch's requests and a persistent block table; `Staging` moves them, sampling
 parameters included, to the device in one copy. Decode-only batches go through the
 `GraphRunner` when one is given (one graph replay covers forward, LM head and sampling);
-other batches run eagerly and take the LM head on their sampled rows only.
+other batches run through the `PiecewiseGraphs` when given and the step fits its largest bucket
+(graphed segments, eager attention), else eagerly; they take the LM head on their sampled rows only.
 
 Each request's ``payload`` must carry ``params`` (`SamplingParams`) and ``seed`` (int): the
 engine sets them.
@@ -38,6 +39,7 @@ from semipd.sched.request import PENDING_TOKEN, Request
 
 if TYPE_CHECKING:
     from semipd.engine.runtime.cuda_graphs import GraphRunner
+    from semipd.engine.runtime.piecewise_graphs import PiecewiseGraphs
 
 
 @dataclass
@@ -76,19 +78,20 @@ class ModelRunner:
     """Runs one scheduler iteration on the device: build inputs, forward, logits of sampled rows, sample."""
 
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, graph_runner: GraphRunner | None = None,
-                 pad_prefill: bool = False) -> None:
+                 pad_prefill: bool = False, piecewise: PiecewiseGraphs | None = None) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.block_size = kv_cache.spec.block_size
         self.device = model.device
         self.graph_runner = graph_runner
+        self.piecewise = piecewise
         self.sampler = Sampler()
         self.rows = RequestRows(model.config.vocab_size)
         self.staging = Staging(self.device)
         self.pad_prefill = pad_prefill
         """Pad prefill-only batches to a token-count bucket (`batch_inputs.padded_token_count`)."""
         self.last_run_graphed = False
-        """Whether the last `launch` replayed a captured CUDA graph."""
+        """Whether the last `launch` replayed captured CUDA graphs (whole-step or piecewise)."""
         cuda = self.device.type == "cuda"
         self._out_host = [torch.empty(256, dtype=torch.int64, pin_memory=cuda) for _ in range(2)]
         """Sampled token ids come back here, alternately (pinned, reused)."""
@@ -117,11 +120,21 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, prepared: PreparedBatch) -> torch.Tensor:
-        """Final hidden states of every row: through the `GraphRunner` for decode batches it covers, else eager."""
+        """Final hidden states of every row: through the `GraphRunner` for decode batches it covers, the
+        `PiecewiseGraphs` for other batches they cover, else eager."""
         meta = prepared.meta
         if self.graph_runner is not None and meta.is_decode and self.graph_runner.can_run(len(prepared.sampled)):
             return self.graph_runner.run(prepared.input_ids, prepared.positions, meta)
-        return self.model(prepared.input_ids, prepared.positions, self.kv_cache.layers, meta)
+        return self._forward(prepared, None)[0]
+
+    def _forward(self, prepared: PreparedBatch,
+                 layer_hook: Callable[[int], None] | None) -> tuple[torch.Tensor, bool]:
+        """(hidden states, graphed) of a batch that is not a whole-step decode graph's."""
+        pw = self.piecewise
+        if pw is not None and layer_hook is None and pw.can_run(prepared.input_ids.shape[0]):
+            return pw.forward(prepared.input_ids, prepared.positions, prepared.meta)
+        return self.model(prepared.input_ids, prepared.positions, self.kv_cache.layers, prepared.meta,
+                          layer_hook=layer_hook), False
 
     @torch.inference_mode()
     def launch(self, batch: Batch, graph_key: Hashable = "default",
@@ -131,8 +144,9 @@ class ModelRunner:
         gives one sampled token id per `batch.sampled_requests()` entry, in order. Decodes whose
         last token is pending take it from `previous` (the batch launched before, same stream).
         Decode-only batches replay the graph set `graph_key` of the `GraphRunner` when it covers
-        them; eager forwards call ``layer_hook(i)`` before each decoder layer after the first (it
-        may change the current stream: the rest of the batch then launches there)."""
+        them, other batches the `PiecewiseGraphs` when there is no `layer_hook`; eager forwards
+        call ``layer_hook(i)`` before each segment after the first (it may change the current
+        stream: the rest of the batch then launches there)."""
         gr = self.graph_runner
         hb = host if host is not None else self.host_batch(batch)
         feed = self._feed(batch, previous)
@@ -141,12 +155,10 @@ class ModelRunner:
             if hb.sampling.use_top_k_top_p:
                 tokens = self.sampler(logits, self._sampling_tensors(hb))
             return self._read_back(tokens, hb.sampled)
-        self.last_run_graphed = False
         prepared = self.prepare(batch, hb)
         if feed is not None:
             prepared.input_ids.index_copy_(0, feed[0], feed[1])
-        hidden = self.model(prepared.input_ids, prepared.positions, self.kv_cache.layers, prepared.meta,
-                            layer_hook=layer_hook)
+        hidden, self.last_run_graphed = self._forward(prepared, layer_hook)
         if not prepared.sampled:
             return PendingTokens(torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), [], None)
         logits = self.model.lm_logits(hidden[prepared.sample_rows])

@@ -67,10 +67,12 @@ class AttentionBackend(ABC):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Causal attention of q [T, num_heads, head_dim] over the cache, whose K/V for the new
-        tokens are already stored. Returns [T, num_heads, head_dim] in q's dtype. num_heads is a
-        multiple of num_kv_heads (grouped-query attention)."""
+        tokens are already stored. Returns [T, num_heads, head_dim] in q's dtype, written into
+        `out` when given (then it is returned). num_heads is a multiple of num_kv_heads
+        (grouped-query attention)."""
 
     def forward(
         self,

@@ -111,11 +111,14 @@ class TorchAttentionBackend(AttentionBackend):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if meta.is_decode:
-            return paged_decode_attention_torch(
+            result = paged_decode_attention_torch(
                 q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seqlen_k, scale
             )
-        return paged_prefill_attention_torch(
-            q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q, scale
-        )
+        else:
+            result = paged_prefill_attention_torch(
+                q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q, scale
+            )
+        return result if out is None else out.copy_(result)

@@ -34,18 +34,21 @@ class TritonAttentionBackend(AttentionBackend):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if meta.is_decode:
-            return self._decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seqlen_k, scale)
+            return self._decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.max_seqlen_k, scale,
+                                out=out)
         n = meta.num_decodes
         batch = meta.seq_lens.shape[0]
         if n == 0 or n >= batch:
             return prefill_attention_triton(q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.cu_seqlens_q,
-                                            meta.max_seqlen_q, scale, config=self.prefill_config)
+                                            meta.max_seqlen_q, scale, config=self.prefill_config, out=out)
         # Mixed batch: the prefill kernel for the chunks, the decode kernel (each K/V tile read
         # once per group of query heads) for the decode rows at the end.
         split, rows = batch - n, q.shape[0] - n
-        out = torch.empty_like(q)
+        if out is None:
+            out = torch.empty_like(q)
         prefill_attention_triton(q[:rows], k_cache, v_cache, meta.block_tables[:split], meta.seq_lens[:split],
                                  meta.cu_seqlens_q[:split + 1], meta.max_seqlen_q, scale,
                                  config=self.prefill_config, out=out[:rows])
