@@ -4,7 +4,8 @@ step time graphed vs eager, capture time and graph memory.
     python benchmarks/check_piecewise_graphs.py --output benchmarks/results/piecewise_h100.json
 
 One unified engine (Llama-3.1-8B dummy bf16 by default) without piecewise graphs; a
-`PiecewiseGraphs` is then captured beside it (its time and the memory it reserves are measured)
+`PiecewiseGraphs` is then captured beside it (its time, and the device memory that went from free
+to used: static buffers, graph pool and graph objects, are measured)
 and two `ModelRunner`s over the same model and KV cache run the same batches: eager and
 piecewise. Each shape is a prefill chunk of C tokens beside D decode rows at context K
 (synthetic requests). Per shape:
@@ -82,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(config)
     model, cache, device = engine.model, engine.kv_cache, engine.device
     torch.cuda.synchronize()
-    reserved = torch.cuda.memory_reserved(device)
+    torch.cuda.empty_cache()
+    free_before, _ = torch.cuda.mem_get_info(device)
     pieces = PiecewiseGraphs(model, cache, args.max_tokens)
     pieces.capture()
+    torch.cuda.synchronize()
+    free_after, _ = torch.cuda.mem_get_info(device)
     capture = {"buckets": len(pieces.buckets), "segments": model.model.num_segments,
                "graphs": len(pieces.buckets) * model.model.num_segments,
                "seconds": round(pieces.capture_seconds, 2),
-               "reserved_mib": round((torch.cuda.memory_reserved(device) - reserved) / 2**20, 1)}
+               "memory_mib": round((free_before - free_after) / 2**20, 1)}
     eager = ModelRunner(model, cache)
     graphed = ModelRunner(model, cache, piecewise=pieces)
     tflops = gemm_tflops(device)

@@ -107,3 +107,35 @@ def test_unified_engine_gives_the_same_tokens_with_and_without_pieces() -> None:
 def test_config_rejects_bad_piecewise_max_tokens(value) -> None:
     with pytest.raises(ValueError, match="piecewise_max_tokens"):
         EngineConfig(model="tiny-llama", piecewise_max_tokens=value)
+
+
+class _FakeGraph:
+    """Stands in for a captured segment on CPU: replaying it runs the segment and records which set ran."""
+
+    def __init__(self, pieces: PiecewiseGraphs, key: str, bucket: int, i: int, log: list) -> None:
+        self.replay = lambda: log.append((key, i)) or pieces._segment(i, bucket)
+
+
+def test_a_layer_hook_switches_graph_sets_mid_step_and_uncaptured_sets_run_eagerly(model) -> None:
+    """The Semi-PD prefill worker moves to another partition between two layers: the rest of the
+    step replays that partition's set; a segment whose set was not captured runs eagerly in place."""
+    cache = KVCache(KVCacheSpec.for_model(model.config, BS, model.dtype), 128, "cpu")
+    eager = ModelRunner(model, cache)
+    pieces = PiecewiseGraphs(model, cache, max_tokens=64)
+    batch = _mixed_batch(Blocks(128, seed=3), eager, 3, 25)
+    prepared = eager.prepare(batch)
+    bucket = pieces.bucket_for(prepared.input_ids.shape[0])
+    n = model.model.num_segments
+    log: list = []
+    for key in ("a", "b"):
+        pieces._graphs[(key, bucket)] = [_FakeGraph(pieces, key, bucket, i, log) for i in range(n)]
+    want = model(prepared.input_ids, prepared.positions, cache.layers, prepared.meta)
+    hidden, graphed = pieces.forward(prepared.input_ids, prepared.positions, prepared.meta, "a",
+                                     layer_hook=lambda i: "b" if i == 1 else None)
+    assert graphed and torch.allclose(hidden, want, atol=1e-5)
+    assert log == [("a", 0)] + [("b", i) for i in range(1, n)]
+    log.clear()
+    hidden, graphed = pieces.forward(prepared.input_ids, prepared.positions, prepared.meta, "a",
+                                     layer_hook=lambda i: "c" if i == n - 1 else None)
+    assert not graphed and torch.allclose(hidden, want, atol=1e-5)
+    assert log == [("a", i) for i in range(n - 1)]

@@ -211,10 +211,10 @@ def test_a_worker_exception_is_survived(engine: SemiPDEngine, phase: str, monkey
     if phase == "prefill":
         original = worker.runner.launch
 
-        def broken(batch, **kwargs):
+        def broken(batch, *args, **kwargs):
             if next(failures, False):
                 raise RuntimeError("device fell over")
-            return original(batch, **kwargs)
+            return original(batch, *args, **kwargs)
 
         monkeypatch.setattr(worker.runner, "launch", broken)
     else:

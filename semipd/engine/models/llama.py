@@ -182,7 +182,7 @@ class Model(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
                 kv_caches: KVCaches, meta: AttentionMetadata,
-                layer_hook: Callable[[int], None] | None = None) -> torch.Tensor:
+                layer_hook: Callable[[int], object] | None = None) -> torch.Tensor:
         attn = residual = None
         for i, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches, strict=True)):
             if i and layer_hook is not None:
@@ -238,9 +238,10 @@ class LlamaForCausalLM(nn.Module):
         }
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: KVCaches,
-                meta: AttentionMetadata, layer_hook: Callable[[int], None] | None = None) -> torch.Tensor:
+                meta: AttentionMetadata, layer_hook: Callable[[int], object] | None = None) -> torch.Tensor:
         """input_ids, positions: [T]; returns hidden states [T, hidden]. ``layer_hook(i)`` runs on
-        the host before `Model.segment` i >= 1 (the Semi-PD prefill worker moves streams there)."""
+        the host before `Model.segment` i >= 1 (the Semi-PD prefill worker moves streams there;
+        what it returns is ignored here)."""
         return self.model(input_ids, positions, self.cos_sin_cache, kv_caches, meta, layer_hook)
 
     def lm_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

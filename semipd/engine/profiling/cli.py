@@ -41,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--num-kv-blocks", type=int, default=None, help="KV blocks (default: sized from memory)")
     e.add_argument("--block-size", type=int, default=16)
     e.add_argument("--max-model-len", type=int, default=None)
-    e.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode")
+    e.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    e.add_argument("--piecewise-max-tokens", type=int, default=2048,
+                   help="largest prefill replayed from piecewise CUDA graphs, as `semipd serve` (0: none)")
     e.add_argument("--seed", type=int, default=0)
     g = parser.add_argument_group("what to measure")
     g.add_argument("--sms", type=_ints, default=None,
@@ -108,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                               gpu_memory_utilization=args.gpu_memory_utilization, block_size=args.block_size,
                               num_kv_blocks=args.num_kv_blocks, max_num_batched_tokens=max(grid.prefill_tokens),
                               max_num_seqs=max(grid.decode_batch), max_model_len=args.max_model_len,
-                              enforce_eager=args.enforce_eager, seed=args.seed)
+                              enforce_eager=args.enforce_eager, piecewise_max_tokens=args.piecewise_max_tokens,
+                              seed=args.seed)
         name = args.name or f"{Path(args.model.rstrip('/')).name}-{args.device}"
         profile = measure_profile(config, grid, name, progress=lambda text: print(f"semipd profile: {text}",
                                                                                    flush=True))

@@ -49,9 +49,15 @@ from semipd.engine.common import allocate_kv_cache, load_engine_model, resolve_d
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.runtime.cuda_graphs import GraphRunner
 from semipd.engine.runtime.model_runner import ModelRunner
+from semipd.engine.runtime.piecewise_graphs import PiecewiseGraphs
 from semipd.engine.runtime.warm_up import synthetic_request
 from semipd.engine.semi_pd.config import SemiPDConfig
-from semipd.engine.semi_pd.startup import WHOLE_DEVICE, build_partition_manager, capture_partition_graphs
+from semipd.engine.semi_pd.startup import (
+    WHOLE_DEVICE,
+    build_partition_manager,
+    capture_partition_graphs,
+    capture_prefill_pieces,
+)
 from semipd.engine.semi_pd.workers import LaunchThrottle
 from semipd.partition.green import green_contexts_unavailable_reason
 from semipd.sched import Batch, BlockAllocator, PrefillChunk, Request
@@ -126,14 +132,22 @@ class Bench:
         self.kv_cache = allocate_kv_cache(config, self.model, self.device, self.max_model_len)
         self.allocator = BlockAllocator(self.kv_cache.num_blocks, config.block_size)
         self.whole_device = torch.cuda.Stream(self.device) if cuda else None
-        graphs = None
+        graphs = pieces = None
         if cuda and not config.enforce_eager:
             graphs = GraphRunner(self.model, self.kv_cache, config.max_num_seqs, self.max_model_len)
             capture_partition_graphs(graphs, self.partitions, len(self.partitions.partitions()), self.whole_device)
+            if config.piecewise_max_tokens:  # prefill as the Semi-PD prefill worker runs it
+                pieces = PiecewiseGraphs(self.model, self.kv_cache,
+                                         min(config.piecewise_max_tokens, config.max_num_batched_tokens))
+                capture_prefill_pieces(pieces, self.partitions, self.whole_device if self.sm_limited else None)
         self.decode_runner = ModelRunner(self.model, self.kv_cache, graphs)
-        self.prefill_runner = ModelRunner(self.model, self.kv_cache, pad_prefill=True)
+        self.prefill_runner = ModelRunner(self.model, self.kv_cache, pad_prefill=True, piecewise=pieces)
         self.throttle = LaunchThrottle(semipd.prefill_launch_lookahead_layers)
         self.vocab = self.model.config.vocab_size
+        self._prefill_keys = {p.prefill_stream: key for key, p in self.partitions.partitions().items()}
+        """Prefill stream -> the key of the piecewise graphs captured on it."""
+        if self.sm_limited:
+            self._prefill_keys[self.whole_device] = WHOLE_DEVICE
 
     def _partition_config(self, sms: tuple[int, ...] | None) -> SemiPDConfig:
         if not self.sm_limited:
@@ -188,8 +202,9 @@ class Bench:
     # -- steps ------------------------------------------------------------------------------------
     def prefill(self, batch: Batch, stream: Any) -> Timing:
         runner, throttle = self.prefill_runner, self.throttle
+        key = self._prefill_keys.get(stream, "default")
         return self._timed(runner, batch, stream, lambda host: runner.launch(
-            batch, layer_hook=lambda _: throttle.mark(stream), host=host), throttle.reset)
+            batch, graph_key=key, layer_hook=lambda _: throttle.mark(stream), host=host), throttle.reset)
 
     def decode(self, batch: Batch, stream: Any, key: Any) -> Timing:
         runner = self.decode_runner

@@ -125,28 +125,29 @@ class ModelRunner:
         meta = prepared.meta
         if self.graph_runner is not None and meta.is_decode and self.graph_runner.can_run(len(prepared.sampled)):
             return self.graph_runner.run(prepared.input_ids, prepared.positions, meta)
-        return self._forward(prepared, None)[0]
+        return self._forward(prepared, "default", None)[0]
 
-    def _forward(self, prepared: PreparedBatch,
-                 layer_hook: Callable[[int], None] | None) -> tuple[torch.Tensor, bool]:
+    def _forward(self, prepared: PreparedBatch, graph_key: Hashable,
+                 layer_hook: Callable[[int], Hashable | None] | None) -> tuple[torch.Tensor, bool]:
         """(hidden states, graphed) of a batch that is not a whole-step decode graph's."""
         pw = self.piecewise
-        if pw is not None and layer_hook is None and pw.can_run(prepared.input_ids.shape[0]):
-            return pw.forward(prepared.input_ids, prepared.positions, prepared.meta)
+        if pw is not None and pw.can_run(prepared.input_ids.shape[0]):
+            return pw.forward(prepared.input_ids, prepared.positions, prepared.meta, graph_key, layer_hook)
         return self.model(prepared.input_ids, prepared.positions, self.kv_cache.layers, prepared.meta,
                           layer_hook=layer_hook), False
 
     @torch.inference_mode()
     def launch(self, batch: Batch, graph_key: Hashable = "default",
-               layer_hook: Callable[[int], None] | None = None, host: HostBatch | None = None,
+               layer_hook: Callable[[int], Hashable | None] | None = None, host: HostBatch | None = None,
                previous: PendingTokens | None = None) -> PendingTokens:
         """Launch `batch` on the current stream without waiting for it; `PendingTokens.wait()`
         gives one sampled token id per `batch.sampled_requests()` entry, in order. Decodes whose
         last token is pending take it from `previous` (the batch launched before, same stream).
         Decode-only batches replay the graph set `graph_key` of the `GraphRunner` when it covers
-        them, other batches the `PiecewiseGraphs` when there is no `layer_hook`; eager forwards
-        call ``layer_hook(i)`` before each segment after the first (it may change the current
-        stream: the rest of the batch then launches there)."""
+        them, other batches the set `graph_key` of the `PiecewiseGraphs` when it covers them (else
+        they run eagerly). ``layer_hook(i)`` runs before each segment after the first; it may change
+        the current stream (the rest of the batch then launches there) and return the graph key of
+        that stream (`PiecewiseGraphs.forward`)."""
         gr = self.graph_runner
         hb = host if host is not None else self.host_batch(batch)
         feed = self._feed(batch, previous)
@@ -158,7 +159,7 @@ class ModelRunner:
         prepared = self.prepare(batch, hb)
         if feed is not None:
             prepared.input_ids.index_copy_(0, feed[0], feed[1])
-        hidden, self.last_run_graphed = self._forward(prepared, layer_hook)
+        hidden, self.last_run_graphed = self._forward(prepared, graph_key, layer_hook)
         if not prepared.sampled:
             return PendingTokens(torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64), [], None)
         logits = self.model.lm_logits(hidden[prepared.sample_rows])

@@ -16,14 +16,16 @@ real rows between the graph replays, reading q from the static projection buffer
 writing the static ``attn`` buffer the next graph reads. A Llama step of 32 layers is then 33
 replays and 32 attention calls instead of ~500 kernel launches.
 
-Memory: the inputs, ``qkv``, ``attn`` and the final hidden states are static buffers sized for
-the largest bucket. Everything else a segment allocates comes from one private graph pool. The
-residual stream passes from one segment to the next through pool memory: during capture the
-residual tensor stays alive from the segment that writes it until the one that reads it is
-captured, so no later segment of the same bucket reuses that memory, and buckets never run
-concurrently. The pool is this object's own (never the decode graphs'), because in Semi-PD mode
-decode graphs replay while other work runs.
+Memory: the inputs, ``qkv``, ``attn``, the residual stream and the final hidden states are static
+buffers sized for the largest bucket; whatever else a segment allocates comes from one private
+graph pool, dead once the segment ends (so buckets and segments share it). The pool is this
+object's own, never the decode graphs': in Semi-PD mode decode graphs replay while prefill runs.
 
+Graph sets are keyed like the decode graphs: a graph keeps the SMs of the stream it was captured
+on, so the Semi-PD prefill worker captures one set per partition (keyed by its prefill SM count)
+and, when a re-partition moves it to another stream between two layers (``layer_hook``), replays
+the new partition's set from the next segment on. Every segment reads and writes only the static
+buffers, so a segment of a set that was not captured runs eagerly in its place.
 Without CUDA (or before `capture`) the same padded segments run eagerly over the same buffers, so
 the buffer logic is tested on every device.
 """
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -73,6 +75,7 @@ class PiecewiseGraphs:
         """The QKV projection of the current layer; attention reads q from its first columns."""
         self.q = self.qkv[:, :cfg.q_size].view(n, cfg.num_attention_heads, cfg.head_dim)
         self.attn = torch.zeros(n, cfg.num_attention_heads, cfg.head_dim, dtype=model.dtype, device=device)
+        self.residual = torch.zeros(n, cfg.hidden_size, dtype=model.dtype, device=device)
         self.hidden = torch.zeros(n, cfg.hidden_size, dtype=model.dtype, device=device)
         self._graphs: dict[tuple[Hashable, int], list[torch.cuda.CUDAGraph]] = {}
         self._pool = None
@@ -94,28 +97,27 @@ class PiecewiseGraphs:
     def is_captured(self, key: Hashable = "default") -> bool:
         return (key, self.buckets[-1]) in self._graphs
 
-    def _segment(self, i: int, bucket: int, residual: torch.Tensor | None) -> torch.Tensor | None:
-        """Segment `i` of a `bucket`-token step over the static buffers; returns the residual stream."""
+    @property
+    def keys(self) -> list[Hashable]:
+        return sorted({k for k, _ in self._graphs}, key=repr)
+
+    def _segment(self, i: int, bucket: int) -> None:
+        """Segment `i` of a `bucket`-token step, from and into the static buffers."""
         m = self.model.model
+        residual = self.residual[:bucket] if i else None
         out, residual = m.segment(i, self.input_ids[:bucket], self.positions[:bucket], self.model.cos_sin_cache,
                                   self.kv_cache.layers, self.slot_mapping[:bucket], self.attn[:bucket], residual,
                                   qkv_out=self.qkv[:bucket])
+        if residual is not None:
+            self.residual[:bucket].copy_(residual)
         target = self.hidden if i == m.num_segments - 1 else self.q
         if out.data_ptr() != target.data_ptr():  # the final norm, and q after a q-norm (Qwen3), are new tensors
             target[:bucket].copy_(out)
-        return residual
-
-    def _eager(self, bucket: int, attend) -> None:
-        residual = None
-        for i in range(self.model.model.num_segments):
-            residual = self._segment(i, bucket, residual)
-            if attend is not None and i < self.model.model.num_segments - 1:
-                attend(i)
 
     @torch.inference_mode()
     def capture(self, key: Hashable = "default", stream: torch.cuda.Stream | None = None) -> None:
         """Capture every segment of every bucket under `key` on `stream` (default: a side stream);
-        the graphs keep that stream's SMs."""
+        the graphs keep that stream's SMs. The captures write no K/V."""
         device = self.model.device
         if device.type != "cuda":
             raise RuntimeError("CUDA graphs need a CUDA device")
@@ -127,13 +129,14 @@ class PiecewiseGraphs:
         for bucket in reversed(self.buckets):  # largest first: the smaller ones reuse its pool memory
             with torch.cuda.stream(stream):
                 self.slot_mapping.fill_(-1)  # warm-up and capture write no K/V
-                self._eager(bucket, None)  # compiles kernels and initialises cuBLAS for these shapes
+                for i in range(self.model.model.num_segments):  # compiles kernels, meets the GEMM shapes
+                    self._segment(i, bucket)
             stream.synchronize()
-            graphs, residual = [], None
+            graphs = []
             for i in range(self.model.model.num_segments):
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self._pool, stream=stream):
-                    residual = self._segment(i, bucket, residual)
+                    self._segment(i, bucket)
                 graphs.append(graph)
             self._graphs[(key, bucket)] = graphs
         torch.cuda.current_stream(device).wait_stream(stream)
@@ -145,9 +148,13 @@ class PiecewiseGraphs:
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                key: Hashable = "default") -> tuple[torch.Tensor, bool]:
-        """(final hidden states [T, hidden], whether captured graphs ran) of a batch of ``T`` tokens
-        given as device tensors. The result is a view of a static buffer: read it before the next step."""
+                key: Hashable = "default",
+                layer_hook: Callable[[int], Hashable | None] | None = None) -> tuple[torch.Tensor, bool]:
+        """(final hidden states [T, hidden], whether every segment replayed a graph) of a batch of
+        ``T`` tokens given as device tensors, on the current stream, with the graph set `key`.
+        ``layer_hook(i)`` runs on the host before segment i >= 1 and may return the key to replay
+        from there on (after it moved to another partition's stream); None keeps the key. The
+        result is a view of a static buffer: read it before the next step."""
         t = input_ids.shape[0]
         bucket = self.bucket_for(t)
         for buf, src, pad in ((self.input_ids, input_ids, 0), (self.positions, positions, 0),
@@ -156,16 +163,17 @@ class PiecewiseGraphs:
             buf[t:bucket].fill_(pad)
         layers = self.model.model.layers
         kv = self.kv_cache.layers
-
-        def attend(i: int) -> None:
-            layers[i].self_attn.attend(self.q[:t], kv[i], meta, out=self.attn[:t])
-
-        graphs = self._graphs.get((key, bucket))
-        if graphs is None:
-            self._eager(bucket, attend)
-            return self.hidden[:t], False
-        for i, graph in enumerate(graphs):
-            graph.replay()
-            if i < len(graphs) - 1:
-                attend(i)
-        return self.hidden[:t], True
+        last = self.model.model.num_segments - 1
+        graphed = True
+        for i in range(last + 1):
+            if i and layer_hook is not None:
+                key = layer_hook(i) or key
+            graphs = self._graphs.get((key, bucket))
+            if graphs is None:
+                graphed = False
+                self._segment(i, bucket)
+            else:
+                graphs[i].replay()
+            if i < last:
+                layers[i].self_attn.attend(self.q[:t], kv[i], meta, out=self.attn[:t])
+        return self.hidden[:t], graphed

@@ -45,6 +45,7 @@ from semipd.engine.core.messages import TokenDelta
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.runtime.cuda_graphs import GraphRunner
 from semipd.engine.runtime.model_runner import ModelRunner
+from semipd.engine.runtime.piecewise_graphs import PiecewiseGraphs
 from semipd.engine.sampling_params import SamplingParams
 from semipd.engine.semi_pd.config import SemiPDConfig
 from semipd.engine.semi_pd.decode_worker import DecodeWorker, WholeDeviceBorrow
@@ -55,6 +56,7 @@ from semipd.engine.semi_pd.startup import (
     GraphCapture,
     build_partition_manager,
     capture_partition_graphs,
+    capture_prefill_pieces,
     warm_prefill_streams,
 )
 from semipd.engine.semi_pd.workers import Worker, WorkerContext
@@ -92,7 +94,8 @@ class SemiPDEngine:
         self.partitions.start()
         self.kv_cache = allocate_kv_cache(config, self.model, self.device, self.max_model_len)
         self.graph_capture: GraphCapture | None = None
-        graphs = None
+        self.piecewise_capture: GraphCapture | None = None
+        graphs = pieces = None
         whole_device = None
         if self.semipd.decode_borrows_idle_prefill and self.partitions.backend == "green_contexts":
             whole_device = torch.cuda.Stream(self.device)
@@ -101,6 +104,11 @@ class SemiPDEngine:
             if self.device.type == "cuda":
                 self.graph_capture = capture_partition_graphs(graphs, self.partitions,
                                                               self.semipd.max_graph_partitions, whole_device)
+        if not config.enforce_eager and config.piecewise_max_tokens:
+            pieces = PiecewiseGraphs(self.model, self.kv_cache,
+                                     min(config.piecewise_max_tokens, config.max_num_batched_tokens))
+            if self.device.type == "cuda":
+                self.piecewise_capture = capture_prefill_pieces(pieces, self.partitions)
         num_blocks = self.kv_cache.num_blocks
         self.allocator = BlockAllocator(num_blocks, config.block_size, int(num_blocks * config.kv_watermark))
 
@@ -130,7 +138,8 @@ class SemiPDEngine:
         self.decode_worker = DecodeWorker(ctx, self.decode_scheduler, ModelRunner(self.model, self.kv_cache, graphs),
                                           self._on_blocks_freed, borrow, overlap=config.async_scheduling)
         self.prefill_worker = PrefillWorker(ctx, self.prefill_scheduler,
-                                            ModelRunner(self.model, self.kv_cache, pad_prefill=True),
+                                            ModelRunner(self.model, self.kv_cache, pad_prefill=True,
+                                                        piecewise=pieces),
                                             self.decode_worker.hand_off, self.semipd.prefill_launch_lookahead_layers)
         self.warm_up_seconds = 0.0
         if self.device.type == "cuda" and self.partitions.backend != "none":
@@ -344,6 +353,8 @@ class SemiPDEngine:
             "num_preemptions": self.num_preemptions,
             "cuda_graphs": None if self.graph_capture is None else {
                 **self.graph_capture.as_dict(), "buckets": self.decode_worker.runner.graph_runner.buckets},
+            "piecewise_graphs": None if self.piecewise_capture is None else {
+                **self.piecewise_capture.as_dict(), "buckets": self.prefill_worker.runner.piecewise.buckets},
             "workers": {"prefill": self._worker_status(self.prefill_worker),
                         "decode": {**self._worker_status(self.decode_worker),
                                    "graph_steps": self.decode_worker.num_graph_steps,

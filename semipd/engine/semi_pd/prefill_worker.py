@@ -27,13 +27,16 @@ class PrefillWorker(Worker):
         self.hand_off = hand_off
         self.throttle = LaunchThrottle(lookahead_layers)
 
-    def _layer_boundary(self, layer: int) -> None:
+    def _layer_boundary(self, layer: int) -> int:
         """Between two decoder layers: end the launch stretch, let the GPU catch up to within
-        the lookahead, and begin the next stretch (on a new stream after a switch)."""
+        the lookahead, and begin the next stretch (on a new stream after a switch). Returns the
+        graph key of the partition it launches on now."""
         pm = self.ctx.partitions
         pm.end_launch(self.phase)
         self.throttle.mark(self.stream)
-        self._move(pm.begin_launch(self.phase))
+        part = pm.begin_launch(self.phase)
+        self._move(part)
+        return part.prefill_sms
 
     def iteration(self) -> bool:
         ctx = self.ctx
@@ -47,8 +50,9 @@ class PrefillWorker(Worker):
         ctx.recorder.prefill_started((chunk.request for chunk in batch.prefills), t0)
         try:
             host = self.runner.host_batch(batch)  # host-only work stays outside the launch stretch
-            with self.launch_stretch():
-                pending = self.runner.launch(batch, layer_hook=self._layer_boundary, host=host)
+            with self.launch_stretch() as part:
+                pending = self.runner.launch(batch, graph_key=part.prefill_sms, layer_hook=self._layer_boundary,
+                                             host=host)
                 event = None
                 if self.stream is not None:
                     event = torch.cuda.Event()

@@ -12,8 +12,10 @@ Graphs. A CUDA graph keeps the SMs of the stream it was captured on, so decode g
 captured once per reachable partition on that partition's decode stream (keyed by its
 prefill SM count), and the decode worker replays the set of its current partition. With
 ``decode_borrows_idle_prefill`` one more set is captured on a whole-device stream (key
-`WHOLE_DEVICE`), replayed while prefill is idle. Capture time and the device memory the
-graphs took are measured.
+`WHOLE_DEVICE`), replayed while prefill is idle. Likewise the prefill worker's piecewise graphs
+(`PiecewiseGraphs`: mixed and prefill steps up to ``piecewise_max_tokens``) are captured once per
+partition on its prefill stream, under the same keys. Capture time and the device memory the graphs
+took are measured.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from semipd.allocation import SMAllocation, SMGrid
 from semipd.engine.runtime.batch_inputs import padded_token_buckets
 from semipd.engine.runtime.cuda_graphs import GraphRunner
 from semipd.engine.runtime.model_runner import ModelRunner
+from semipd.engine.runtime.piecewise_graphs import PiecewiseGraphs
 from semipd.engine.runtime.warm_up import prefill_warm_up_batches, synthetic_request
 from semipd.engine.semi_pd.config import SemiPDConfig
 from semipd.engine.semi_pd.workers import LaunchThrottle, throttled_prefill
@@ -145,6 +148,31 @@ def capture_partition_graphs(graphs: GraphRunner, manager: PartitionManager, max
                            max(0, free_before - free_after))
     logger.info("semi-pd: captured %d decode graphs over %d partitions in %.1f s (%.0f MiB)", capture.num_graphs,
                 capture.num_partitions, capture.seconds, capture.memory_bytes / 2**20)
+    return capture
+
+
+def capture_prefill_pieces(pieces: PiecewiseGraphs, manager: PartitionManager,
+                           whole_device_stream: torch.cuda.Stream | None = None) -> GraphCapture:
+    """Capture one piecewise graph set per partition of `manager` (started, with streams) on its
+    prefill stream, keyed by its prefill SM count, plus one on `whole_device_stream` (key
+    `WHOLE_DEVICE`) when given."""
+    device = pieces.model.device
+    torch.cuda.synchronize(device)
+    free_before, _ = torch.cuda.mem_get_info(device)
+    start = time.perf_counter()
+    parts = manager.partitions()
+    for key, part in sorted(parts.items()):
+        pieces.capture(key=key, stream=part.prefill_stream)
+    sets = len(parts)
+    if whole_device_stream is not None:
+        pieces.capture(key=WHOLE_DEVICE, stream=whole_device_stream)
+        sets += 1
+    torch.cuda.synchronize(device)
+    free_after, _ = torch.cuda.mem_get_info(device)
+    num_graphs = sets * len(pieces.buckets) * pieces.model.model.num_segments
+    capture = GraphCapture(sets, num_graphs, time.perf_counter() - start, max(0, free_before - free_after))
+    logger.info("semi-pd: captured %d piecewise prefill graphs over %d partitions in %.1f s (%.0f MiB)",
+                num_graphs, sets, capture.seconds, capture.memory_bytes / 2**20)
     return capture
 
 
