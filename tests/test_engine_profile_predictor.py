@@ -46,7 +46,8 @@ def test_without_a_file_the_builtin_profile_of_this_gpu_and_model_or_paper(
     assert "no performance profile for tiny-llama on no CUDA device" in caplog.text
     assert "paper predictor, fitted online" in caplog.text
     monkeypatch.setattr(config_module, "_gpu", lambda device: ("NVIDIA H100 80GB HBM3", 132))
-    assert resolve_predictor("profile", None, "/models/Llama-3.1-8B-Instruct", None) == "profile:llama-3.1-8b-h100"
+    assert resolve_predictor("profile", None, "/models/Llama-3.1-8B-Instruct", None) == \
+        "profile:llama-3.1-8b-h100-measured"
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="semipd.engine.semi_pd.config"):
         assert resolve_predictor("profile", None, "qwen3-8b", None) == "paper"

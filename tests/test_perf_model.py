@@ -128,7 +128,7 @@ def test_name_lookup(name):
 
 
 def test_unknown_name_lists_known():
-    assert known_perf_models() == ["llama-3.1-8b-h100"]
+    assert known_perf_models() == ["llama-3.1-8b-h100", "llama-3.1-8b-h100-measured"]
     with pytest.raises(ValueError, match="llama-3.1-8b-h100"):
         get_perf_model("gpt-2-on-a-toaster")
 
@@ -211,8 +211,20 @@ def test_profile_host_overhead_is_optional_and_adds_to_every_step(model):
 
 
 def test_builtin_for_matches_the_gpu_and_the_model():
-    assert builtin_for("NVIDIA H100 80GB HBM3", 132, "/models/Llama-3.1-8B-Instruct") == "llama-3.1-8b-h100"
-    assert builtin_for("NVIDIA H100 80GB HBM3", 132, "llama-3.1-8b") == "llama-3.1-8b-h100"
+    assert builtin_for("NVIDIA H100 80GB HBM3", 132, "/models/Llama-3.1-8B-Instruct") == "llama-3.1-8b-h100-measured"
+    assert builtin_for("NVIDIA H100 80GB HBM3", 132, "llama-3.1-8b") == "llama-3.1-8b-h100-measured"
     assert builtin_for("NVIDIA H100 PCIe", 114, "llama-3.1-8b") is None  # another H100: other SMs, other speeds
     assert builtin_for("NVIDIA A100-SXM4-80GB", 108, "llama-3.1-8b") is None
     assert builtin_for("NVIDIA H100 80GB HBM3", 132, "qwen3-8b") is None
+
+
+def test_the_shipped_measured_profile_loads_and_predicts_like_its_tables():
+    """The H100 + Llama-3.1-8B profile measured by `semipd profile` ships with the package: the
+    predictor an H100 engine gets without --profile."""
+    m = get_perf_model("llama-3.1-8b-h100-measured")
+    assert m.name.startswith("llama-3.1-8b")
+    assert m.total_sms == 132
+    whole = m.prefill_time([(2048, 2048)], 132)
+    assert 0.03 < whole < 0.08  # measured 51 ms on the whole H100
+    assert m.prefill_time([(2048, 2048)], 64) > whole
+    assert m.decode_time(64, 64 * 1024, 68) > m.decode_time(64, 64 * 1024, 132)

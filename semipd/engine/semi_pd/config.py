@@ -196,7 +196,7 @@ def resolve_predictor(predictor: str, profile: str | None, model: str | None, de
         logger.warning("SLO controller: no performance profile for %s on %s (run `semipd profile` and pass "
                        "--profile FILE); using the paper predictor, fitted online", model, where)
         return "paper"
-    logger.info("SLO controller: predictor profile from the built-in %s model", builtin)
+    logger.info("SLO controller: predictor profile from the built-in %s", builtin)
     return f"profile:{builtin}"
 
 
