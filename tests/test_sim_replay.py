@@ -155,3 +155,17 @@ def test_replay_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "drop --policy" in error()
     assert main(["simulate", "--mode", "unified", "--duration", "5"]) == 2
     assert "go with --replay" in error()
+
+
+@pytest.mark.parametrize(("status", "preset"), [(SEMIPD_STATUS, "http"),
+                                                ({**SEMIPD_STATUS, "engine_core_pid": 4242}, "core")])
+def test_a_replay_assumes_the_costs_of_the_server_that_was_measured(tmp_path: Path, status: dict,
+                                                                    preset: str) -> None:
+    """A result from a server with the engine-core process replays with the ``core`` costs; one from
+    the one-process server of old (no core in its status) with ``http``."""
+    path = tmp_path / "sweep.json"
+    config = settings_from_status(SEMIPD_STATUS).sim_config(get_costs("http"), slo=SimConfig().slo)
+    path.write_text(json.dumps(_bench_result(WORKLOAD, status, config, "static:66.67/33.33", sweep=True)))
+    out = tmp_path / "replay.json"
+    assert main(["simulate", "--replay", str(path), "--output-json", str(out)]) == 0
+    assert json.loads(out.read_text())["costs"] == get_costs(preset).as_dict()

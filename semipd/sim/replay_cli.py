@@ -23,11 +23,15 @@ from semipd.outputs import check_output_path
 from semipd.sim.engine_costs import COSTS, EngineCosts, get_costs
 from semipd.sim.engine_settings import CONTROLLERS, MODES, EngineSettings
 from semipd.sim.fidelity import format_table
-from semipd.sim.replay import ReplayResult, load_runs, replay
+from semipd.sim.replay import MeasuredRun, ReplayResult, load_runs, replay
 from semipd.slo.constraints import SLOConstraints
 
-REPLAY_COSTS = "http"
-"""Costs a replay assumes by default: ``semipd bench`` loads a server over HTTP."""
+
+def replay_costs(runs: list[MeasuredRun]) -> str:
+    """Costs a replay assumes by default: ``core`` for a result against a server with the engine-core
+    process (its recorded status names the core), else ``http`` (``semipd bench`` loads a server over HTTP)."""
+    core = any(run.server_status and "engine_core_pid" in run.server_status for run in runs)
+    return "core" if core else "http"
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,8 +55,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                           "(default: on with --replay, off otherwise)")
     cost = parser.add_argument_group("engine costs beyond the GPU kernels (semipd.sim.engine_costs)")
     cost.add_argument("--engine-costs", choices=tuple(COSTS),
-                      help=f"ideal: the GPU alone; engine: the engine in-process; http: behind `semipd serve` "
-                           f"(default: {REPLAY_COSTS} with --replay, ideal otherwise)")
+                      help="ideal: the GPU alone; engine: the engine in-process; http: behind the one-process "
+                           "`semipd serve` of old; core: behind `semipd serve` with its engine-core process "
+                           "(default: core or http with --replay, as the result's server was, ideal otherwise)")
     cost.add_argument("--host-overhead-ms", type=_non_negative, help="host work per iteration, ms")
     cost.add_argument("--host-per-seq-ms", type=_non_negative, help="host work per sequence of a decode step, ms")
     cost.add_argument("--frontend-offset-ms", type=_non_negative, help="added to TTFT and end-to-end latency, ms")
@@ -111,7 +116,7 @@ def run_replay(args: argparse.Namespace) -> int:
             runs = [r for r in runs if r.label in wanted]
             if not runs:
                 raise ValueError(f"--replay-rate: {args.replay} has no run at {', '.join(sorted(wanted))}")
-        costs = engine_costs(args, REPLAY_COSTS)
+        costs = engine_costs(args, replay_costs(runs))
         overrides = engine_overrides(args)
         sim = {"perf_model": args.perf_model, "window_size_seconds": args.window, "seed": args.seed,
                "switch_delay_s": args.switch_delay, "slo": SLOConstraints()}
