@@ -128,21 +128,25 @@ class Bench:
         semipd = self._partition_config(sms)
         self.partitions = build_partition_manager(self.device, semipd)
         self.partitions.start()
-        self.grid = self.partitions.grid
-        self.kv_cache = allocate_kv_cache(config, self.model, self.device, self.max_model_len)
-        self.allocator = BlockAllocator(self.kv_cache.num_blocks, config.block_size)
-        self.whole_device = torch.cuda.Stream(self.device) if cuda else None
-        graphs = pieces = None
-        if cuda and not config.enforce_eager:
-            graphs = GraphRunner(self.model, self.kv_cache, config.max_num_seqs, self.max_model_len)
-            capture_partition_graphs(graphs, self.partitions, len(self.partitions.partitions()), self.whole_device)
-            if config.piecewise_max_tokens:  # prefill as the Semi-PD prefill worker runs it
-                pieces = PiecewiseGraphs(self.model, self.kv_cache,
-                                         min(config.piecewise_max_tokens, config.max_num_batched_tokens))
-                capture_prefill_pieces(pieces, self.partitions, self.whole_device if self.sm_limited else None)
-        self.decode_runner = ModelRunner(self.model, self.kv_cache, graphs)
-        self.prefill_runner = ModelRunner(self.model, self.kv_cache, pad_prefill=True, piecewise=pieces)
-        self.throttle = LaunchThrottle(semipd.prefill_launch_lookahead_layers)
+        try:  # the partitions hold device contexts and streams: never leave them behind
+            self.grid = self.partitions.grid
+            self.kv_cache = allocate_kv_cache(config, self.model, self.device, self.max_model_len)
+            self.allocator = BlockAllocator(self.kv_cache.num_blocks, config.block_size)
+            self.whole_device = torch.cuda.Stream(self.device) if cuda else None
+            graphs = pieces = None
+            if cuda and not config.enforce_eager:
+                graphs = GraphRunner(self.model, self.kv_cache, config.max_num_seqs, self.max_model_len)
+                capture_partition_graphs(graphs, self.partitions, len(self.partitions.partitions()), self.whole_device)
+                if config.piecewise_max_tokens:  # prefill as the Semi-PD prefill worker runs it
+                    pieces = PiecewiseGraphs(self.model, self.kv_cache,
+                                             min(config.piecewise_max_tokens, config.max_num_batched_tokens))
+                    capture_prefill_pieces(pieces, self.partitions, self.whole_device if self.sm_limited else None)
+            self.decode_runner = ModelRunner(self.model, self.kv_cache, graphs)
+            self.prefill_runner = ModelRunner(self.model, self.kv_cache, pad_prefill=True, piecewise=pieces)
+            self.throttle = LaunchThrottle(semipd.prefill_launch_lookahead_layers)
+        except BaseException:
+            self.partitions.stop()
+            raise
         self.vocab = self.model.config.vocab_size
         self._prefill_keys = {p.prefill_stream: key for key, p in self.partitions.partitions().items()}
         """Prefill stream -> the key of the piecewise graphs captured on it."""
@@ -155,7 +159,7 @@ class Bench:
         total = torch.cuda.get_device_properties(self.device).multi_processor_count
         choices = SMGrid(total, HOPPER_SPLIT_GRANULARITY, HOPPER_MIN_SMS).prefill_sm_choices()  # the factory's grid
         every_other = choices[::2]
-        chosen = tuple(sms) if sms is not None else tuple(sorted({*every_other, choices[-1]}))
+        chosen = tuple(sorted(set(sms))) if sms is not None else tuple(sorted({*every_other, choices[-1]}))
         bad = [s for s in chosen if s not in choices]
         if bad:
             raise ValueError(f"sms {bad} are not splits of this GPU; choose from {choices}")

@@ -34,6 +34,14 @@ def measure_profile(config: EngineConfig, grid: ProfileGrid, name: str,
     started = time.perf_counter()
     progress("loading the model and building the partitions")
     bench = Bench(config, grid.sms)
+    try:
+        return _measure(bench, config, grid, name, progress, started)
+    finally:
+        bench.partitions.stop()
+
+
+def _measure(bench: Bench, config: EngineConfig, grid: ProfileGrid, name: str, progress: Callable[[str], None],
+             started: float) -> dict[str, Any]:
     longest = max(grid.prefill_tokens[-1], grid.decode_context[1])
     if longest >= bench.max_model_len:
         raise ValueError(f"prefill_tokens and decode_context must stay below max_model_len {bench.max_model_len}, "
@@ -71,7 +79,6 @@ def measure_profile(config: EngineConfig, grid: ProfileGrid, name: str,
         "host_overhead_ms": {phase: 1e3 * statistics.median(v) if v else 0.0 for phase, v in host.items()},
         "meta": _meta(bench, config, grid, (tokens, batch, context), time.perf_counter() - started),
     }
-    bench.partitions.stop()
     return profile
 
 
