@@ -28,12 +28,12 @@ Where the numbers come from (H100, Llama-3.1-8B, ``benchmarks/results``):
 - ``host_per_seq_ms``, ``prefill_host_per_seq_ms`` and ``frontend_ms`` were fitted by
   ``benchmarks/sim_fidelity.py`` to the committed H100 runs; docs/PERFORMANCE.md ("Simulator
   fidelity") gives the fit and how far the simulator stays from those runs.
-- ``core``'s numbers come from a grid over host work per step (0, 0.5 ms), per decoding sequence
-  (0, 0.02, 0.04 ms) and the front-end offset (10-25 ms), replaying ``http_h100_unified.json`` and
-  ``http_h100_static88.json`` with the measured profile. No point fits both modes: 0.5 ms per step got
-  14 of 24 P50/P90 TTFT and TPOT cells within 10% but missed unified's attainment at 20 req/s by 38
-  points; the preset (no host time per step: the steps overlap it) gets 12 of 24 and misses that
-  attainment by 30 points (docs/PERFORMANCE.md).
+- ``core``'s numbers come from a grid over host work per step (0, 0.25, 0.5 ms), per decoding
+  sequence (0-0.04 ms), per sequence beside a prefill iteration (0-0.2 ms) and the front-end offset
+  (10-25 ms), replaying ``http_h100_unified.json`` and ``http_h100_static88.json`` with the measured
+  profile. The preset (no host time per step: the steps overlap it) gets unified mode to 9 of 12
+  P50/P90 TTFT and TPOT cells within 10% and every attainment within 2.2 points; no point of the
+  grid brings the static split's attainment at 20 req/s closer than 11 points (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ COSTS: dict[str, EngineCosts] = {
     "engine": EngineCosts(host_step_ms=None, host_per_seq_ms=0.055, frontend_ms=8.0, scale_to_engine=True),
     "http": EngineCosts(host_step_ms=None, host_per_seq_ms=0.08, prefill_host_per_seq_ms=0.2, frontend_ms=20.0,
                         scale_to_engine=True),
-    "core": EngineCosts(host_step_ms=0.0, host_per_seq_ms=0.02, frontend_ms=15.0),
+    "core": EngineCosts(host_step_ms=0.0, host_per_seq_ms=0.01, frontend_ms=15.0),
 }
 """The presets of the module docstring."""
 
