@@ -57,3 +57,18 @@ def test_failed_splits_a_grid_step_apart_leave_no_range_so_the_older_is_forgotte
     wide = ReversalMemory(60.0)
     wide.update(0.0, observe(60.6), {"ttft": 1.2, "tpot": 0.5}, {"ttft": 1.2}, step)
     assert wide.update(10.0, observe(84.8), {"ttft": 0.8, "tpot": 1.5}, {"tpot": 1.5}, step) == (60.6, 84.8)
+
+
+def test_a_split_past_a_failed_one_that_fails_both_slos_is_kept_and_the_way_back_opens() -> None:
+    """Measured on the H100 profile: TTFT failed at 78.8%, the move to 84.8% then failed both SLOs.
+    Before, the remembered TTFT failure left the controller no candidate below 84.8%; now 84.8% is
+    the remembered bound (so 78.8% is reachable again), and a later TTFT-only failure at 78.8% does
+    not reopen the way up to the split that failed both."""
+    memory = ReversalMemory(60.0)
+    step = 100 * 8 / 132
+    memory.update(0.0, observe(78.8), {"ttft": 1.7, "tpot": 0.5}, {"ttft": 1.7}, step)
+    both = {"ttft": 1.3, "tpot": 2.0}
+    assert memory.update(10.0, observe(84.8), both, both, step) == (0, 84.8)
+    assert memory.update(20.0, observe(78.8), {"ttft": 1.2, "tpot": 0.7}, {"ttft": 1.2}, step) == (0, 84.8)
+    # With no remembered failure, a split failing both leaves the whole range to the attainment rule.
+    assert ReversalMemory(60.0).update(0.0, observe(60.0), both, both, step) == (0, 100)

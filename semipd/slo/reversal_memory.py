@@ -13,6 +13,11 @@ compromise the attainment rule has to find, not a range that admits nothing); or
 longer the one it failed under (arrival rate or mean prompt length ``load_ratio`` times
 higher or lower): a split that failed a prefill-heavy load says nothing about a decode-heavy
 one, and remembering it would keep decode from the SMs the new load needs.
+
+A split past a remembered one that fails *both* SLOs is worse than it: it is remembered as the
+bound on its side, and when the two leave no split between them it is the one kept. The way
+back to the split that failed one SLO is open, and the move past it again is barred; without
+this the controller stayed on the split that failed both, with no candidate left.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class _Failed:
     time: float
     arrival_rate: float
     prompt_len: float
+    both: bool = False
+    """It failed both SLOs (past the split that failed the other one alone)."""
 
 
 class ReversalMemory:
@@ -62,8 +69,16 @@ class ReversalMemory:
             low = _Failed(x, now, rate, prompt)
         elif violations.keys() == {"tpot"}:
             high = _Failed(x, now, rate, prompt)
+        elif violations.keys() == {"ttft", "tpot"}:  # worse than the split that failed one SLO on the other side
+            if low is not None and x > low.prefill_percentage:
+                high = _Failed(x, now, rate, prompt, both=True)
+            elif high is not None and x < high.prefill_percentage:
+                low = _Failed(x, now, rate, prompt, both=True)
         if low is not None and high is not None and high.prefill_percentage - low.prefill_percentage < 2 * step + 1e-9:
-            low, high = (low, None) if low.time >= high.time else (None, high)  # contradicted: keep the newer
+            # Contradicted: keep the split that failed both SLOs (the way back to the other one stays
+            # open and going past it again is barred), else the newer.
+            keep_low = low.both if low.both != high.both else low.time >= high.time
+            low, high = (low, None) if keep_low else (None, high)
         self._ttft, self._tpot = low, high
         return (0.0 if low is None else low.prefill_percentage, 100.0 if high is None else high.prefill_percentage)
 
