@@ -20,6 +20,7 @@ from semipd.engine.runtime.kv_cache import (
     cuda_num_blocks,
     profile_activation_peak,
 )
+from semipd.engine.runtime.piecewise_graphs import PiecewiseGraphs
 from semipd.engine.runtime.sequence import Sequence
 from semipd.engine.sampling_params import SamplingParams
 from semipd.engine.tokenizer import Tokenizer, make_tokenizer, tokenizer_dir
@@ -75,6 +76,14 @@ def allocate_kv_cache(config: EngineConfig, model: LlamaForCausalLM, device: tor
     logger.info("KV cache: %d blocks of %d tokens (%.2f GiB)", num_blocks, config.block_size,
                 num_blocks * spec.bytes_per_block / 2**30)
     return KVCache(spec, num_blocks, device)
+
+
+def piecewise_graphs(config: EngineConfig, model: LlamaForCausalLM, kv_cache: KVCache) -> PiecewiseGraphs | None:
+    """The piecewise graphs `config` asks for, not captured yet (None: ``enforce_eager`` or
+    ``piecewise_max_tokens`` 0); their largest bucket is at most the token budget."""
+    if config.enforce_eager or not config.piecewise_max_tokens:
+        return None
+    return PiecewiseGraphs(model, kv_cache, min(config.piecewise_max_tokens, config.max_num_batched_tokens))
 
 
 def check_request(prompt_token_ids: list[int], params: SamplingParams, max_model_len: int, vocab_size: int) -> None:

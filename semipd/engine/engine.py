@@ -26,6 +26,7 @@ from semipd.engine.common import (
     check_request,
     engine_status,
     load_engine_model,
+    piecewise_graphs,
     resolve_device,
 )
 from semipd.engine.core.messages import TokenDelta
@@ -33,7 +34,6 @@ from semipd.engine.engine_config import EngineConfig
 from semipd.engine.errors import StepError
 from semipd.engine.runtime.cuda_graphs import GraphRunner
 from semipd.engine.runtime.model_runner import ModelRunner, PendingTokens
-from semipd.engine.runtime.piecewise_graphs import PiecewiseGraphs
 from semipd.engine.runtime.warm_up import warm_up_unified
 from semipd.engine.sampling_params import SamplingParams
 from semipd.metrics import SemiPDMetricsCollector
@@ -61,12 +61,9 @@ class Engine:
             self.graph_runner = GraphRunner(self.model, self.kv_cache, config.max_num_seqs, self.max_model_len)
             if self.device.type == "cuda":
                 self.graph_runner.capture()
-        self.piecewise: PiecewiseGraphs | None = None
-        if not config.enforce_eager and config.piecewise_max_tokens:
-            self.piecewise = PiecewiseGraphs(self.model, self.kv_cache,
-                                             min(config.piecewise_max_tokens, config.max_num_batched_tokens))
-            if self.device.type == "cuda":
-                self.piecewise.capture()
+        self.piecewise = piecewise_graphs(config, self.model, self.kv_cache)
+        if self.piecewise is not None and self.device.type == "cuda":
+            self.piecewise.capture()
         self.runner = ModelRunner(self.model, self.kv_cache, self.graph_runner, piecewise=self.piecewise)
         self.warm_up_seconds = 0.0
         if self.device.type == "cuda":  # compile the kernel variants serving needs before it starts

@@ -45,11 +45,10 @@ from typing import Any
 import torch
 
 from semipd.allocation import HOPPER_MIN_SMS, HOPPER_SPLIT_GRANULARITY, SMGrid
-from semipd.engine.common import allocate_kv_cache, load_engine_model, resolve_device
+from semipd.engine.common import allocate_kv_cache, load_engine_model, piecewise_graphs, resolve_device
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.runtime.cuda_graphs import GraphRunner
 from semipd.engine.runtime.model_runner import ModelRunner
-from semipd.engine.runtime.piecewise_graphs import PiecewiseGraphs
 from semipd.engine.runtime.warm_up import synthetic_request
 from semipd.engine.semi_pd.config import SemiPDConfig
 from semipd.engine.semi_pd.startup import (
@@ -137,9 +136,8 @@ class Bench:
             if cuda and not config.enforce_eager:
                 graphs = GraphRunner(self.model, self.kv_cache, config.max_num_seqs, self.max_model_len)
                 capture_partition_graphs(graphs, self.partitions, len(self.partitions.partitions()), self.whole_device)
-                if config.piecewise_max_tokens:  # prefill as the Semi-PD prefill worker runs it
-                    pieces = PiecewiseGraphs(self.model, self.kv_cache,
-                                             min(config.piecewise_max_tokens, config.max_num_batched_tokens))
+                pieces = piecewise_graphs(config, self.model, self.kv_cache)  # prefill as the prefill worker runs it
+                if pieces is not None:
                     capture_prefill_pieces(pieces, self.partitions, self.whole_device if self.sm_limited else None)
             self.decode_runner = ModelRunner(self.model, self.kv_cache, graphs)
             self.prefill_runner = ModelRunner(self.model, self.kv_cache, pad_prefill=True, piecewise=pieces)

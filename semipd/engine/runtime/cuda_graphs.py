@@ -34,6 +34,7 @@ import torch
 from semipd.engine.models.llama import LlamaForCausalLM
 from semipd.engine.runtime.attention.base import AttentionMetadata
 from semipd.engine.runtime.batch_inputs import HostBatch
+from semipd.engine.runtime.graph_buckets import BucketedGraphs
 from semipd.engine.runtime.kv_cache import KVCache
 from semipd.engine.runtime.sampler import sample_tokens
 from semipd.engine.runtime.staging import Staging, packed_layout, typed_view
@@ -54,14 +55,16 @@ def decode_buckets(max_num_seqs: int) -> list[int]:
     return [*buckets, max_num_seqs]
 
 
-class GraphRunner:
+class GraphRunner(BucketedGraphs):
     """Owns the decode graphs of one model + KV cache, their static buffers and memory pool."""
 
+    too_large = "batch of {n} exceeds the largest decode graph ({largest})"
+
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, max_num_seqs: int, max_model_len: int) -> None:
+        super().__init__(decode_buckets(max_num_seqs))
         self.model = model
         self.kv_cache = kv_cache
         self.max_model_len = max_model_len
-        self.buckets = decode_buckets(max_num_seqs)
         device = model.device
         n = self.buckets[-1]
         self.block_size = kv_cache.spec.block_size
@@ -83,10 +86,8 @@ class GraphRunner:
         self.cu_seqlens_q = torch.arange(n + 1, dtype=torch.int32, device=device)
         self.logits = torch.zeros(n, model.config.vocab_size, dtype=model.dtype, device=device)
         self.tokens = torch.zeros(n, dtype=torch.int64, device=device)
-        self._graphs: dict[tuple[Hashable, int], torch.cuda.CUDAGraph] = {}
         self._hidden: dict[tuple[Hashable, int], torch.Tensor] = {}
         self._pool = None
-        self.capture_seconds = 0.0
 
     def _meta(self, bucket: int) -> AttentionMetadata:
         return AttentionMetadata(
@@ -103,13 +104,6 @@ class GraphRunner:
         self.tokens[:bucket].copy_(sample_tokens(logits, self.temperatures[:bucket], self.seeds[:bucket],
                                                  self.steps[:bucket]))
         return hidden
-
-    @property
-    def keys(self) -> list[Hashable]:
-        return sorted({k for k, _ in self._graphs}, key=repr)
-
-    def is_captured(self, key: Hashable = "default") -> bool:
-        return (key, self.buckets[-1]) in self._graphs
 
     def reset_inputs(self) -> None:
         """Fill every static input with padding (token 0, slot -1, length 0, greedy, zero block tables)
@@ -156,15 +150,6 @@ class GraphRunner:
         self.capture_seconds += time.perf_counter() - start
         logger.info("captured %d decode graphs (key %r) in %.2f s", len(self.buckets), key,
                     time.perf_counter() - start)
-
-    def can_run(self, batch_size: int) -> bool:
-        return batch_size <= self.buckets[-1]
-
-    def bucket_for(self, batch_size: int) -> int:
-        for b in self.buckets:
-            if b >= batch_size:
-                return b
-        raise ValueError(f"batch of {batch_size} exceeds the largest decode graph ({self.buckets[-1]})")
 
     def _launch(self, bucket: int, key: Hashable) -> tuple[torch.Tensor, bool]:
         graph = self._graphs.get((key, bucket))

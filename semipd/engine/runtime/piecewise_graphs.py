@@ -40,6 +40,7 @@ import torch
 
 from semipd.engine.models.llama import LlamaForCausalLM
 from semipd.engine.runtime.attention.base import AttentionMetadata
+from semipd.engine.runtime.graph_buckets import BucketedGraphs
 from semipd.engine.runtime.kv_cache import KVCache
 
 logger = logging.getLogger(__name__)
@@ -60,13 +61,16 @@ def token_buckets(max_tokens: int) -> list[int]:
     return [*buckets, max_tokens]
 
 
-class PiecewiseGraphs:
+class PiecewiseGraphs(BucketedGraphs):
     """Owns the segment graphs of one model + KV cache, their static buffers and memory pool."""
 
+    too_large = "a step of {n} tokens exceeds the largest piecewise graph ({largest})"
+
     def __init__(self, model: LlamaForCausalLM, kv_cache: KVCache, max_tokens: int) -> None:
+        super().__init__(token_buckets(max_tokens))
+        self.graphs_per_bucket = model.model.num_segments
         self.model = model
         self.kv_cache = kv_cache
-        self.buckets = token_buckets(max_tokens)
         cfg, device, n = model.config, model.device, self.buckets[-1]
         self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
         self.positions = torch.zeros(n, dtype=torch.int64, device=device)
@@ -77,29 +81,7 @@ class PiecewiseGraphs:
         self.attn = torch.zeros(n, cfg.num_attention_heads, cfg.head_dim, dtype=model.dtype, device=device)
         self.residual = torch.zeros(n, cfg.hidden_size, dtype=model.dtype, device=device)
         self.hidden = torch.zeros(n, cfg.hidden_size, dtype=model.dtype, device=device)
-        self._graphs: dict[tuple[Hashable, int], list[torch.cuda.CUDAGraph]] = {}
         self._pool = None
-        self.capture_seconds = 0.0
-
-    @property
-    def max_tokens(self) -> int:
-        return self.buckets[-1]
-
-    def can_run(self, num_tokens: int) -> bool:
-        return num_tokens <= self.buckets[-1]
-
-    def bucket_for(self, num_tokens: int) -> int:
-        for b in self.buckets:
-            if b >= num_tokens:
-                return b
-        raise ValueError(f"a step of {num_tokens} tokens exceeds the largest piecewise graph ({self.buckets[-1]})")
-
-    def is_captured(self, key: Hashable = "default") -> bool:
-        return (key, self.buckets[-1]) in self._graphs
-
-    @property
-    def keys(self) -> list[Hashable]:
-        return sorted({k for k, _ in self._graphs}, key=repr)
 
     def _segment(self, i: int, bucket: int) -> None:
         """Segment `i` of a `bucket`-token step, from and into the static buffers."""
@@ -143,8 +125,7 @@ class PiecewiseGraphs:
         torch.cuda.synchronize(device)
         self.capture_seconds += time.perf_counter() - start
         logger.info("captured %d piecewise graphs (%d buckets x %d segments, key %r) in %.2f s",
-                    len(self.buckets) * self.model.model.num_segments, len(self.buckets),
-                    self.model.model.num_segments, key, time.perf_counter() - start)
+                    self.graphs_per_set, len(self.buckets), self.graphs_per_bucket, key, time.perf_counter() - start)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,

@@ -39,13 +39,13 @@ from semipd.engine.common import (
     check_request,
     engine_status,
     load_engine_model,
+    piecewise_graphs,
     resolve_device,
 )
 from semipd.engine.core.messages import TokenDelta
 from semipd.engine.engine_config import EngineConfig
 from semipd.engine.runtime.cuda_graphs import GraphRunner
 from semipd.engine.runtime.model_runner import ModelRunner
-from semipd.engine.runtime.piecewise_graphs import PiecewiseGraphs
 from semipd.engine.sampling_params import SamplingParams
 from semipd.engine.semi_pd.config import SemiPDConfig
 from semipd.engine.semi_pd.decode_worker import DecodeWorker, WholeDeviceBorrow
@@ -95,7 +95,7 @@ class SemiPDEngine:
         self.kv_cache = allocate_kv_cache(config, self.model, self.device, self.max_model_len)
         self.graph_capture: GraphCapture | None = None
         self.piecewise_capture: GraphCapture | None = None
-        graphs = pieces = None
+        graphs = None
         whole_device = None
         if self.semipd.decode_borrows_idle_prefill and self.partitions.backend == "green_contexts":
             whole_device = torch.cuda.Stream(self.device)
@@ -104,11 +104,9 @@ class SemiPDEngine:
             if self.device.type == "cuda":
                 self.graph_capture = capture_partition_graphs(graphs, self.partitions,
                                                               self.semipd.max_graph_partitions, whole_device)
-        if not config.enforce_eager and config.piecewise_max_tokens:
-            pieces = PiecewiseGraphs(self.model, self.kv_cache,
-                                     min(config.piecewise_max_tokens, config.max_num_batched_tokens))
-            if self.device.type == "cuda":
-                self.piecewise_capture = capture_prefill_pieces(pieces, self.partitions)
+        pieces = piecewise_graphs(config, self.model, self.kv_cache)
+        if pieces is not None and self.device.type == "cuda":
+            self.piecewise_capture = capture_prefill_pieces(pieces, self.partitions)
         num_blocks = self.kv_cache.num_blocks
         self.allocator = BlockAllocator(num_blocks, config.block_size, int(num_blocks * config.kv_watermark))
 

@@ -132,23 +132,8 @@ def capture_partition_graphs(graphs: GraphRunner, manager: PartitionManager, max
     if len(parts) > max_partitions:
         raise ValueError(f"max_graph_partitions is {max_partitions} but {len(parts)} partitions are reachable "
                          f"({sorted(parts)}); narrow reachable_prefill_sms or raise max_graph_partitions")
-    device = graphs.model.device
-    torch.cuda.synchronize(device)
-    free_before, _ = torch.cuda.mem_get_info(device)
-    start = time.perf_counter()
-    for _, part in sorted(parts.items()):
-        graphs.capture(key=part.prefill_sms, stream=part.decode_stream)  # the key the decode worker uses
-    sets = len(parts)
-    if whole_device_stream is not None:
-        graphs.capture(key=WHOLE_DEVICE, stream=whole_device_stream)
-        sets += 1
-    torch.cuda.synchronize(device)
-    free_after, _ = torch.cuda.mem_get_info(device)
-    capture = GraphCapture(sets, sets * len(graphs.buckets), time.perf_counter() - start,
-                           max(0, free_before - free_after))
-    logger.info("semi-pd: captured %d decode graphs over %d partitions in %.1f s (%.0f MiB)", capture.num_graphs,
-                capture.num_partitions, capture.seconds, capture.memory_bytes / 2**20)
-    return capture
+    sets = [(key, part.decode_stream) for key, part in sorted(parts.items())]  # the key the decode worker uses
+    return _capture_sets(graphs, sets, whole_device_stream, "decode")
 
 
 def capture_prefill_pieces(pieces: PiecewiseGraphs, manager: PartitionManager,
@@ -156,23 +141,28 @@ def capture_prefill_pieces(pieces: PiecewiseGraphs, manager: PartitionManager,
     """Capture one piecewise graph set per partition of `manager` (started, with streams) on its
     prefill stream, keyed by its prefill SM count, plus one on `whole_device_stream` (key
     `WHOLE_DEVICE`) when given."""
-    device = pieces.model.device
+    sets = [(key, part.prefill_stream) for key, part in sorted(manager.partitions().items())]
+    return _capture_sets(pieces, sets, whole_device_stream, "piecewise prefill")
+
+
+def _capture_sets(graphs: GraphRunner | PiecewiseGraphs, sets: list[tuple[int, torch.cuda.Stream]],
+                  whole_device_stream: torch.cuda.Stream | None, what: str) -> GraphCapture:
+    """Capture `graphs` under each (key, stream) of `sets`, and under `WHOLE_DEVICE` on
+    `whole_device_stream` when given; measures the time and the device memory it took."""
+    if whole_device_stream is not None:
+        sets = [*sets, (WHOLE_DEVICE, whole_device_stream)]
+    device = graphs.model.device
     torch.cuda.synchronize(device)
     free_before, _ = torch.cuda.mem_get_info(device)
     start = time.perf_counter()
-    parts = manager.partitions()
-    for key, part in sorted(parts.items()):
-        pieces.capture(key=key, stream=part.prefill_stream)
-    sets = len(parts)
-    if whole_device_stream is not None:
-        pieces.capture(key=WHOLE_DEVICE, stream=whole_device_stream)
-        sets += 1
+    for key, stream in sets:
+        graphs.capture(key=key, stream=stream)
     torch.cuda.synchronize(device)
     free_after, _ = torch.cuda.mem_get_info(device)
-    num_graphs = sets * len(pieces.buckets) * pieces.model.model.num_segments
-    capture = GraphCapture(sets, num_graphs, time.perf_counter() - start, max(0, free_before - free_after))
-    logger.info("semi-pd: captured %d piecewise prefill graphs over %d partitions in %.1f s (%.0f MiB)",
-                num_graphs, sets, capture.seconds, capture.memory_bytes / 2**20)
+    capture = GraphCapture(len(sets), len(sets) * graphs.graphs_per_set, time.perf_counter() - start,
+                           max(0, free_before - free_after))
+    logger.info("semi-pd: captured %d %s graphs over %d partitions in %.1f s (%.0f MiB)", capture.num_graphs, what,
+                capture.num_partitions, capture.seconds, capture.memory_bytes / 2**20)
     return capture
 
 
